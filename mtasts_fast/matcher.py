@@ -77,8 +77,9 @@ def mx_matches_py(host: str, pattern: str) -> bool:
         return False
     if pattern.startswith("*."):
         dot = host.find(".")
-        # The wildcard stands for one whole, non-empty label.
-        return dot > 0 and host[dot + 1 :] == pattern[2:]
+        # The wildcard stands for one whole, non-empty label, and something
+        # must follow it ("*.." is not a wildcard over the root).
+        return len(pattern) > 2 and dot > 0 and host[dot + 1 :] == pattern[2:]
     return host == pattern
 
 

@@ -1,0 +1,72 @@
+# mtasts-fast developer and install targets.
+#   make run    build .venv/, compile the extensions, run the daemon on 127.0.0.1:8461
+#   make test   install missing Debian test packages, build, run the suite (C and pure Python)
+# `make VENV=/opt/mta-sts venv` installs the daemon (not editable) into another virtualenv.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+RUN_CONFIG ?= config_examples/dev.yml
+
+# The development venv imports the source tree; any other venv gets a normal install.
+ifeq ($(VENV),.venv)
+INSTALL_TARGET := -e .
+else
+INSTALL_TARGET := .
+endif
+
+.PHONY: all venv compile debug test test-c test-py deps lint run check-config bench sdist wheels clean
+
+all: compile
+
+$(VENV)/.installed: pyproject.toml setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mtasts-fast needs Python >= 3.11 (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel "Cython>=3.0.10,<4"
+	$(PY) -m pip install --quiet --no-build-isolation $(INSTALL_TARGET)
+	@if [ "$(VENV)" = ".venv" ]; then $(PY) -m pip install --quiet --group test --group lint; fi
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Build the Cython extensions next to their .pyx files (the dev venv imports
+# the source tree). MTASTS_NO_EXTENSIONS=1 makes this a no-op.
+compile: venv
+	$(PY) setup.py --quiet build_ext --inplace
+
+debug: venv
+	MTASTS_DEBUG=1 $(PY) setup.py --quiet build_ext --inplace --force
+
+deps:
+	@bash .ci/debian-deps tests/debian-packages.txt
+
+test: deps compile test-c test-py
+
+test-c:
+	MTASTS_REQUIRE_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-py:
+	MTASTS_NO_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check mtasts_fast tests setup.py
+	$(VENV)/bin/ruff format --check mtasts_fast tests setup.py
+	$(VENV)/bin/mypy
+
+run: compile
+	@mkdir -p var
+	$(VENV)/bin/mta-sts-daemon -c $(RUN_CONFIG) -p var/mta-sts-daemon.pid
+
+check-config: venv
+	$(VENV)/bin/mta-sts-daemon --check-config -c $(RUN_CONFIG)
+
+sdist: venv
+	$(PY) -m pip install --quiet build
+	$(PY) -m build --sdist
+
+clean:
+	rm -rf build dist *.egg-info mtasts_fast/*.egg-info
+	rm -f mtasts_fast/_netstring.c mtasts_fast/_matcher.c mtasts_fast/*.so mtasts_fast/*.html
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

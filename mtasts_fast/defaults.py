@@ -1,0 +1,111 @@
+"""Every default value of the daemon, in one place.
+
+Plain constants only, so the config loader, the CLI, the docs and the tests all
+read the same numbers. Where a key also exists in postfix-mta-sts-resolver
+1.5.1, the default is the same as there (that is what makes this daemon a
+drop-in replacement); the comment says so, or says why a new key has the
+value it has.
+"""
+
+from __future__ import annotations
+
+import os
+
+# --- Files -----------------------------------------------------------------
+
+# Same path as postfix-mta-sts-resolver, so existing installations keep working.
+CONFIG_PATH = "/etc/mta-sts-daemon.yml"
+
+# --- Listener ----------------------------------------------------------------
+
+# Loopback only: the map answers anyone who can connect. Same as the old daemon.
+HOST = "127.0.0.1"
+# The port every Postfix `smtp_tls_policy_maps = socketmap:inet:...` line in the
+# wild already names. Same as the old daemon.
+PORT = 8461
+# Unix socket path, permission bits, owner and group: unset means listen on
+# TCP (HOST, PORT) instead. `mode` unset leaves the bits the umask gives.
+PATH: str | None = None
+MODE: int | None = None
+OWNER: str | None = None
+GROUP: str | None = None
+# SO_REUSEPORT on: several workers (or an old and a new instance during a
+# restart) share the port. Same as the old daemon.
+REUSE_PORT = True
+# asyncio's default of 100 overflows when hundreds of smtp(8) processes connect
+# at once (a queue run after an outage); the kernel caps it at somaxconn anyway.
+BACKLOG = 1024
+# Postfix's socketmap client drops a connection after 10 s idle and recycles it
+# after 100 s; waiting longer than both means the daemon never closes a
+# connection Postfix still wants (a close mid-lookup is a Postfix warning).
+IDLE_TIMEOUT = 300.0
+# Per worker. Far above what one Postfix instance opens (one per smtp(8)
+# process), low enough that a runaway client cannot exhaust file descriptors.
+MAX_CONNECTIONS = 10_000
+# Largest netstring payload accepted. Postfix never sends a key this long
+# (a domain is at most 253 octets); anything larger is an attack or a bug.
+MAX_PAYLOAD = 10_000
+# Seconds granted to open connections at shutdown before they are cut.
+# Same as the old daemon.
+SHUTDOWN_TIMEOUT = 20.0
+
+# --- Policy cache ------------------------------------------------------------
+
+# Age (seconds) below which a cached policy is served with no DNS check.
+# Same as the old daemon.
+CACHE_GRACE = 60.0
+# The old daemon's default backend; keeping it means a config file without a
+# `cache:` section behaves as it did before.
+CACHE_TYPE = "internal"
+# internal: LRU capacity in entries. Same as the old daemon.
+INTERNAL_CACHE_SIZE = 10_000
+# lmdb: where the shared, memory-mapped cache file lives (the directory the old
+# daemon's Docker image and packages already create for its sqlite file).
+LMDB_PATH = "/var/lib/mta-sts/cache.lmdb"
+# lmdb: the map's maximum size. Address space only, not disk or RAM: the file
+# grows as it fills. 1 GiB holds a few million policies.
+LMDB_MAP_SIZE = 1 << 30
+# lmdb: entries kept before expired and least recently used ones are evicted.
+LMDB_MAX_ENTRIES = 1_000_000
+# sqlite: connection pool size. The old daemon uses the CPU count too.
+SQLITE_THREADS = os.cpu_count() or 1
+# sqlite: seconds to wait for a pooled connection or a database lock.
+# Same as the old daemon.
+SQLITE_TIMEOUT = 5.0
+# redis / redis_sentinel: socket timeouts handed to redis-py unless the config
+# sets them. Same as the old daemon; redis-py's own default is to wait forever.
+REDIS_SOCKET_TIMEOUT = 5.0
+REDIS_SOCKET_CONNECT_TIMEOUT = 5.0
+# postgres: seconds to wait for a connection from the pool. Same as the old daemon.
+POSTGRES_TIMEOUT = 5.0
+
+# --- Zones (per socketmap name) ---------------------------------------------
+
+# Treat `mode: testing` as enforce. Off: RFC 8461 §5 says testing must not
+# change delivery. Same as the old daemon.
+STRICT_TESTING = False
+# Seconds for the TXT lookup and, separately, for the whole HTTPS fetch.
+# Same as the old daemon.
+ZONE_TIMEOUT = 4.0
+# Append `servername=hostname` (needs Postfix >= 3.4). Same as the old daemon.
+REQUIRE_SNI = True
+# Append TLSRPT attributes (needs Postfix >= 3.10). Same as the old daemon.
+TLSRPT = False
+
+# --- Proactive policy fetching ---------------------------------------------
+
+# All four are the old daemon's defaults.
+PROACTIVE_ENABLED = False
+# Seconds between passes: daily, the refresh rate RFC 8461 §3.3 suggests.
+PROACTIVE_INTERVAL = 86400
+PROACTIVE_CONCURRENCY = 100
+# A pass skips entries younger than interval / grace_ratio.
+PROACTIVE_GRACE_RATIO = 2.0
+
+# --- Network ---------------------------------------------------------------
+
+# DNS servers: empty means the system resolver configuration (resolv.conf).
+NAMESERVERS: tuple[str, ...] = ()
+# CA bundle for the policy HTTPS fetch: None means the system trust store,
+# which honours SSL_CERT_FILE / SSL_CERT_DIR.
+CA_FILE: str | None = None

@@ -1,0 +1,435 @@
+"""The socketmap listener: an asyncio Protocol per connection (DESIGN.md §3).
+
+A Protocol rather than streams: a cache hit is parsed, answered and written
+inside one ``data_received`` call, with no task, no future and no extra copy.
+Requests that must wait for the network become tasks; their replies are
+queued behind the ones already owed, so pipelined requests are answered in
+order, and one slow lookup never delays another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+
+from mtasts_fast.config import Config
+from mtasts_fast.errors import NetstringError
+from mtasts_fast.netstring import NetstringParser
+from mtasts_fast.responder import TEMP_INTERNAL, Responder
+
+__all__ = ["ListenError", "SocketmapServer"]
+
+_log = logging.getLogger(__name__)
+
+# Replies owed on one connection before we stop reading from it. Postfix sends
+# one request at a time; this only bounds what a pipelining client can queue.
+_PIPELINE_LIMIT = 128
+# Bytes buffered for a client that does not read its replies before reading
+# from it stops (asyncio flow control: pause_writing / resume_writing).
+_WRITE_HIGH_WATER = 64 * 1024
+# How often idle connections are looked for; the idle timeout is therefore
+# enforced to within this many seconds.
+_SWEEP_PERIOD = 1.0
+
+
+class ListenError(Exception):
+    """The configured socket cannot be set up; the message says why."""
+
+
+class SocketmapProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_closing",
+        "_parser",
+        "_paused_pipeline",
+        "_paused_writing",
+        "_pending",
+        "_responder",
+        "_server",
+        "_transport",
+        "last_tick",
+    )
+
+    def __init__(self, server: SocketmapServer) -> None:
+        self._server = server
+        self._responder = server.responder
+        self._parser = NetstringParser()
+        self._transport: asyncio.Transport | None = None
+        # Replies owed, oldest first: bytes when ready, a Task while waiting.
+        self._pending: deque[bytes | asyncio.Task[bytes]] = deque()
+        self._closing = False
+        self._paused_writing = False
+        self._paused_pipeline = False
+        self.last_tick = server.tick
+
+    # -- asyncio callbacks -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        server = self._server
+        if len(server.connections) >= server.max_connections:
+            server.refuse(transport)
+            return
+        server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._closing = True
+        for item in self._pending:
+            if not isinstance(item, bytes):
+                item.cancel()
+        self._pending.clear()
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its requests.
+        self._paused_writing = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        self._maybe_resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.last_tick = self._server.tick
+        try:
+            payloads = self._parser.feed(data)
+        except NetstringError as exc:
+            # Answer what came before the bad netstring, then hang up; only
+            # this connection is affected (DESIGN.md §3).
+            _log.info("closing connection after a bad netstring: %s", exc)
+            for payload in exc.payloads:
+                self._handle(payload)
+            self._closing = True
+            if self._transport is not None:
+                self._transport.pause_reading()
+            self._close_when_flushed()
+            return
+        for payload in payloads:
+            self._handle(payload)
+
+    def eof_received(self) -> bool | None:
+        # The client has finished sending; deliver what is owed, then close.
+        self._closing = True
+        self._close_when_flushed()
+        return True
+
+    # -- request handling ---------------------------------------------------------------
+
+    def _handle(self, payload: bytes) -> None:
+        try:
+            reply = self._responder.answer(payload)
+        except Exception:
+            _log.exception("internal error while answering %r", payload[:200])
+            reply = TEMP_INTERNAL
+        if type(reply) is bytes:
+            if self._pending:
+                self._pending.append(reply)
+            else:
+                assert self._transport is not None
+                self._transport.write(reply)
+            return
+        assert isinstance(reply, Coroutine)
+        task = asyncio.ensure_future(reply)
+        self._pending.append(task)
+        task.add_done_callback(self._on_done)
+        if len(self._pending) >= _PIPELINE_LIMIT and not self._paused_pipeline:
+            self._paused_pipeline = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+
+    def _on_done(self, task: asyncio.Task[bytes]) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        pending = self._pending
+        transport = self._transport
+        assert transport is not None
+        while pending:
+            head = pending[0]
+            if isinstance(head, bytes):
+                transport.write(head)
+            elif head.done():
+                if head.cancelled() or head.exception() is not None:
+                    if not head.cancelled():
+                        _log.error("lookup failed", exc_info=head.exception())
+                    transport.write(TEMP_INTERNAL)
+                else:
+                    transport.write(head.result())
+            else:
+                break
+            pending.popleft()
+        if self._closing:
+            self._close_when_flushed()
+        else:
+            self._maybe_resume_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if self._paused_pipeline and len(self._pending) < _PIPELINE_LIMIT // 2:
+            self._paused_pipeline = False
+        if not self._paused_pipeline and not self._paused_writing and not self._closing:
+            if self._transport is not None:
+                self._transport.resume_reading()
+
+    def _close_when_flushed(self) -> None:
+        if not self._pending and self._transport is not None:
+            self._transport.close()
+
+    # -- used by the server ----------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """True when no reply is owed (safe to close without losing an answer)."""
+        return not self._pending
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class SocketmapServer:
+    """Owns the listening socket(s) and every open connection of one process."""
+
+    def __init__(self, config: Config, responder: Responder) -> None:
+        self.config = config
+        self.responder = responder
+        self.max_connections = config.max_connections
+        self.connections: set[SocketmapProtocol] = set()
+        self.tick = 0
+        self._idle_ticks = max(1, round(config.idle_timeout / _SWEEP_PERIOD))
+        self._servers: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self._unix_path: str | None = None
+        self._unix_inode: tuple[int, int] | None = None
+        self._refused = 0
+
+    # -- start ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and start accepting; ListenError with a clear message on failure."""
+        loop = asyncio.get_running_loop()
+        if self.config.path:
+            sockets = [self._bind_unix(self.config.path)]
+        else:
+            sockets = await self._bind_tcp(self.config.host, self.config.port)
+        try:
+            for sock in sockets:
+                if sock.family == socket.AF_UNIX:
+                    server = await loop.create_unix_server(
+                        lambda: SocketmapProtocol(self), sock=sock, backlog=self.config.backlog
+                    )
+                else:
+                    server = await loop.create_server(
+                        lambda: SocketmapProtocol(self), sock=sock, backlog=self.config.backlog
+                    )
+                self._servers.append(server)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    @property
+    def addresses(self) -> list[Any]:
+        """Bound addresses (``(host, port)`` tuples or the unix socket path)."""
+        return [sock.getsockname() for server in self._servers for sock in server.sockets]
+
+    async def _bind_tcp(self, host: str, port: int) -> list[socket.socket]:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except OSError as exc:
+            raise ListenError(f"cannot resolve listen address {host!r}: {exc}") from exc
+        sockets: list[socket.socket] = []
+        seen: set[Any] = set()
+        try:
+            for family, kind, proto, _name, address in infos:
+                if address in seen:
+                    continue
+                seen.add(address)
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.config.reuse_port:
+                    # Several workers or a second instance share the port; the
+                    # kernel spreads connections between them.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(address)
+                except OSError as exc:
+                    raise ListenError(
+                        f"cannot listen on {_show(address)}: {exc.strerror or exc}"
+                    ) from exc
+                sock.setblocking(False)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+    def _bind_unix(self, path: str) -> socket.socket:
+        self._clear_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Create the socket with no permissions, so nobody can connect in the
+            # moment between bind() and the chmod/chown below.
+            old_umask = os.umask(0o777)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old_umask)
+            uid, gid = _owner_ids(self.config.owner, self.config.group)
+            if uid != -1 or gid != -1:
+                os.chown(path, uid, gid)
+            mode = self.config.mode if self.config.mode is not None else 0o666 & ~old_umask
+            os.chmod(path, mode)
+            st = os.stat(path)
+            self._unix_inode = (st.st_dev, st.st_ino)
+        except ListenError:
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        except OSError as exc:
+            sock.close()
+            raise ListenError(f"cannot listen on unix socket {path}: {exc.strerror or exc}") from exc
+        self._unix_path = path
+        sock.setblocking(False)
+        return sock
+
+    @staticmethod
+    def _clear_stale_socket(path: str) -> None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ListenError(f"cannot inspect {path}: {exc.strerror}") from exc
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ListenError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(path)
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise ListenError(f"cannot check whether {path} is in use: {exc}") from exc
+        else:
+            raise ListenError(f"another process is answering on {path}; not taking it over")
+        finally:
+            probe.close()
+        # Nobody answers: a leftover from a process that died. Replace it.
+        _log.info("removing stale socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    # -- run ------------------------------------------------------------------------------
+
+    def refuse(self, transport: asyncio.Transport) -> None:
+        # Over the limit: close at once rather than queue, so the worker's memory
+        # and descriptors stay bounded; Postfix retries the lookup.
+        self._refused += 1
+        if self._refused == 1 or self._refused % 1000 == 0:
+            _log.warning(
+                "max_connections (%d) reached; refused %d connection(s) so far",
+                self.max_connections,
+                self._refused,
+            )
+        transport.abort()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_PERIOD)
+            self.tick += 1
+            limit = self.tick - self._idle_ticks
+            for conn in list(self.connections):
+                if conn.last_tick <= limit and conn.idle:
+                    _log.debug("closing idle connection")
+                    conn.close()
+
+    # -- stop -----------------------------------------------------------------------------
+
+    async def stop(self, timeout: float) -> None:
+        """Stop accepting, let owed replies go out for up to ``timeout`` s, close all."""
+        for server in self._servers:
+            server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        self._remove_unix_socket()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.connections:
+            for conn in list(self.connections):
+                if conn.idle:
+                    conn.close()
+            if not self.connections or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        self._servers.clear()
+
+    def _remove_unix_socket(self) -> None:
+        path = self._unix_path
+        if path is None:
+            return
+        self._unix_path = None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        # Only remove the socket we created, not one a newer instance put there.
+        if (st.st_dev, st.st_ino) == self._unix_inode:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _owner_ids(owner: str | None, group: str | None) -> tuple[int, int]:
+    uid = gid = -1
+    if owner:
+        try:
+            uid = int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            raise ListenError(f"owner: no such user {owner!r}") from None
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ListenError(f"group: no such group {group!r}") from None
+    return uid, gid
+
+
+def _show(address: Any) -> str:
+    if isinstance(address, tuple) and ":" in str(address[0]):
+        return f"[{address[0]}]:{address[1]}"
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address)

@@ -1,0 +1,133 @@
+"""Test-side helpers: a socketmap client and a running in-process daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from mtasts_fast.cache.base import CacheEntry
+from mtasts_fast.cache.internal import InternalCache
+from mtasts_fast.config import Config
+from mtasts_fast.fetcher import PolicyFetcher
+from mtasts_fast.policy import Policy
+from mtasts_fast.responder import Responder
+from mtasts_fast.server import SocketmapServer
+
+
+def frame(payload: bytes | str) -> bytes:
+    """A netstring, built independently of the code under test."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return str(len(payload)).encode() + b":" + payload + b","
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def read_netstring(reader: asyncio.StreamReader, timeout: float = 10.0) -> bytes:
+    """Read one netstring reply and return its payload."""
+    head = await asyncio.wait_for(reader.readuntil(b":"), timeout)
+    length = int(head[:-1])
+    body = await asyncio.wait_for(reader.readexactly(length + 1), timeout)
+    assert body[-1:] == b",", body
+    return body[:-1]
+
+
+@dataclass
+class Client:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def ask(self, payload: bytes | str, timeout: float = 10.0) -> bytes:
+        self.writer.write(frame(payload))
+        await self.writer.drain()
+        return await read_netstring(self.reader, timeout)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read(self, timeout: float = 10.0) -> bytes:
+        return await read_netstring(self.reader, timeout)
+
+    async def at_eof(self, timeout: float = 5.0) -> bool:
+        """True if the server closed the connection (nothing more arrives)."""
+        data = await asyncio.wait_for(self.reader.read(), timeout)
+        return data == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+@dataclass
+class Running:
+    config: Config
+    cache: InternalCache
+    fetcher: PolicyFetcher
+    responder: Responder
+    server: SocketmapServer
+
+    async def connect(self) -> Client:
+        if self.config.path:
+            reader, writer = await asyncio.open_unix_connection(self.config.path)
+        else:
+            reader, writer = await asyncio.open_connection(self.config.host, self.config.port)
+        return Client(reader, writer)
+
+    async def ask(self, payload: bytes | str) -> bytes:
+        client = await self.connect()
+        try:
+            return await client.ask(payload)
+        finally:
+            await client.close()
+
+    async def seed(self, domain: str, policy: Policy, *, age: float = 0.0, pid: str = "1") -> None:
+        now = time.time() - age
+        await self.cache.put(CacheEntry(domain, pid, policy, now, now))
+
+    async def stop(self) -> None:
+        await self.server.stop(1.0)
+        await self.responder.close()
+        await self.fetcher.close()
+        await self.cache.close()
+
+
+async def start_daemon(
+    world: Any, tmp_path: Any = None, *, unix: bool = False, **settings: Any
+) -> Running:
+    """Start cache, fetcher, responder and server in this loop, like the daemon does."""
+    data: dict[str, Any] = {"nameservers": [world.nameserver], "ca_file": world.ca_file}
+    if unix:
+        data["path"] = str(tmp_path / "mta-sts.sock")
+    else:
+        data["host"] = "127.0.0.1"
+        data["port"] = free_port()
+    data.update(settings)
+    config = Config.from_mapping(data, "<test>")
+    cache = InternalCache(int(config.cache.options.get("cache_size", 10_000)))
+    fetcher = PolicyFetcher(nameservers=config.nameservers, ca_file=config.ca_file)
+    await fetcher.start()
+    responder = Responder(config, cache, fetcher)
+    server = SocketmapServer(config, responder)
+    await server.start()
+    return Running(config, cache, fetcher, responder, server)
+
+
+def enforce(*mx: str, max_age: int = 86400) -> Policy:
+    lines = ("version: STSv1", "mode: enforce", *(f"mx: {m}" for m in mx), f"max_age: {max_age}")
+    return Policy("enforce", max_age, tuple(mx), lines)
+
+
+def pipelined(payloads: Iterable[bytes | str]) -> bytes:
+    return b"".join(frame(p) for p in payloads)
