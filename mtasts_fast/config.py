@@ -236,7 +236,9 @@ def _describe(value: object) -> str:
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
-    return f"a {type(value).__name__}"
+    if isinstance(value, bytes | bytearray):
+        return "binary data"
+    return f"a {type(value).__name__}"  # e.g. "a date" for an unquoted 2024-01-01
 
 
 def _key_text(key: object) -> str:
@@ -390,8 +392,9 @@ def _url(schemes: tuple[str, ...]) -> _Parse[str]:
     def parse(value: object, path: str) -> str:
         text = _str(value, path)
         if not text.lower().startswith(tuple(f"{s}://" for s in schemes)):
-            wanted = ", ".join(f"{s}://" for s in schemes)
-            _fail(path, f"expected a URL starting with {wanted}; got {_describe(text)}")
+            *first, last = (f"{s}://" for s in schemes)
+            wanted = f"{', '.join(first)} or {last}" if first else last
+            _fail(path, f"expected a URL starting with {wanted}, got {_describe(text)}")
         return text
 
     return parse
@@ -413,6 +416,11 @@ def _sentinels(value: object, path: str) -> tuple[tuple[str, int], ...]:
 
 # --------------------------------------------------------------------------
 # Sections
+
+
+_NOT_A_STRING_KEY = (
+    "keys must be strings (an unquoted number, null, yes/no or on/off is not one; quote it)"
+)
 
 
 def _suggest(key: str, known: Collection[str]) -> str | None:
@@ -442,7 +450,7 @@ class _Section:
             _fail(path, f"expected a mapping, got {_describe(value)}")
         for key in value:
             if not isinstance(key, str):
-                _fail(_join(path, key), "keys must be strings")
+                _fail(_join(path, key), _NOT_A_STRING_KEY)
             if key in known or open_ended:
                 continue
             extra = hint(key) if hint else None
