@@ -17,14 +17,14 @@ from mtasts_fast.errors import BadLength, BadTerminator, TooLong
 
 __all__ = ["MAX_PAYLOAD", "MAX_LENGTH_DIGITS", "NetstringParserC", "encodeC"]
 
-# Kept equal to the constants in netstring.py (a test checks it).
-MAX_PAYLOAD = 10_000
-MAX_LENGTH_DIGITS = 20
-
 cdef enum:
     _MAX_DIGITS = 20
     _COLON = 0x3A
     _TERMINATOR = 0x2C  # ","
+
+# Kept equal to the constants in netstring.py (a test checks it).
+MAX_PAYLOAD = 10_000
+MAX_LENGTH_DIGITS = _MAX_DIGITS
 
 cdef enum _State:
     _LENGTH   # reading the decimal length

@@ -15,13 +15,13 @@ from mtasts_fast import _compat
 
 __all__ = [
     "is_valid_hostname",
-    "is_valid_mx_pattern",
-    "mx_matches",
-    "match_any",
     "is_valid_hostname_py",
+    "is_valid_mx_pattern",
     "is_valid_mx_pattern_py",
-    "mx_matches_py",
+    "match_any",
     "match_any_py",
+    "mx_matches",
+    "mx_matches_py",
 ]
 
 _MAX_NAME = 253  # RFC 1035 §2.3.4, without the trailing dot
@@ -85,10 +85,7 @@ def mx_matches_py(host: str, pattern: str) -> bool:
 
 def match_any_py(host: str, patterns: Sequence[str]) -> bool:
     """True if ``host`` matches at least one of ``patterns``."""
-    for pattern in patterns:
-        if mx_matches_py(host, pattern):
-            return True
-    return False
+    return any(mx_matches_py(host, pattern) for pattern in patterns)
 
 
 is_valid_hostname = is_valid_hostname_py

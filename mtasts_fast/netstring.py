@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from mtasts_fast._netstring import NetstringParserC as _NetstringParserC
 
 __all__ = [
-    "MAX_PAYLOAD",
     "MAX_LENGTH_DIGITS",
+    "MAX_PAYLOAD",
     "NetstringParser",
     "NetstringParserC",
     "NetstringParserPy",
@@ -92,7 +92,9 @@ class NetstringParserPy:
             return self._digits > 0
         return self._state != _DEAD
 
-    def _fail(self, cls: type[NetstringError], message: str, payloads: list[bytes]) -> NetstringError:
+    def _fail(
+        self, cls: type[NetstringError], message: str, payloads: list[bytes]
+    ) -> NetstringError:
         self._state = _DEAD
         self._error = cls
         self._buf = bytearray()
