@@ -9,6 +9,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -97,6 +98,11 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     from mtasts_fast.responder import Responder
     from mtasts_fast.server import ListenError, SocketmapServer
 
+    # Codecs the event loop loads lazily on the first connection to a policy
+    # host; after the privilege drop the interpreter's own directory may not
+    # be readable any more (a Python installed under /root, say).
+    import encodings.idna  # noqa: F401
+
     loop = asyncio.get_running_loop()
     notifier = Notifier()
     try:
@@ -104,7 +110,17 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _log.error("%s", exc)
         return EXIT_CONFIG
-    fetcher = PolicyFetcher(nameservers=config.nameservers, ca_file=config.ca_file)
+    try:
+        fetcher = PolicyFetcher(nameservers=config.nameservers, ca_file=config.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        _log.error("%s: ca_file: cannot load %s: %s", config.filename, config.ca_file, exc)
+        return EXIT_CONFIG
+    if config.proactive_policy_fetching.enabled:
+        _log.warning(
+            "%s: proactive_policy_fetching is not implemented in this release; "
+            "policies are refreshed when looked up",
+            config.filename,
+        )
     responder = Responder(config, cache, fetcher)
     server = SocketmapServer(config, responder)
     try:

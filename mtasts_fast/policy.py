@@ -180,7 +180,9 @@ def parse_policy(text: str) -> tuple[Policy, list[str]]:
                 )
         elif key in _SINGLE_KEYS:
             if key in values:
-                warnings.append(f"{key}: repeated on line {number}, first value kept (RFC 8461 §3.2)")
+                warnings.append(
+                    f"{key}: repeated on line {number}, first value kept (RFC 8461 §3.2)"
+                )
             else:
                 values[key] = value
         # Any other key is an extension: ignored (RFC 8461 §3.2).
@@ -193,17 +195,13 @@ def parse_policy(text: str) -> tuple[Policy, list[str]]:
         raise PolicyError(f"version: {_show(version)} is not STSv1 (RFC 8461 §3.2)")
     mode = values["mode"]
     if mode not in MODES:
-        raise PolicyError(
-            f"mode: {_show(mode)} is not enforce, testing or none (RFC 8461 §3.2)"
-        )
+        raise PolicyError(f"mode: {_show(mode)} is not enforce, testing or none (RFC 8461 §3.2)")
     raw_age = values["max_age"]
     if not _MAX_AGE.match(raw_age):
         raise PolicyError(f"max_age: {_show(raw_age)} is not 1-10 digits (RFC 8461 §3.2)")
     max_age = int(raw_age)
     if max_age > MAX_AGE_LIMIT:
-        warnings.append(
-            f"max_age: {max_age} above {MAX_AGE_LIMIT}, clamped (RFC 8461 §3.2)"
-        )
+        warnings.append(f"max_age: {max_age} above {MAX_AGE_LIMIT}, clamped (RFC 8461 §3.2)")
         max_age = MAX_AGE_LIMIT
     if mode != "none" and not mx:
         raise PolicyError(f"mx: no usable mx pattern for mode {mode} (RFC 8461 §3.2)")

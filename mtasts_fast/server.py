@@ -20,7 +20,7 @@ import socket
 import stat
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from mtasts_fast.config import Config
 from mtasts_fast.errors import NetstringError
@@ -74,7 +74,8 @@ class SocketmapProtocol(asyncio.Protocol):
     # -- asyncio callbacks -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         server = self._server
         if len(server.connections) >= server.max_connections:

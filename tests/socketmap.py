@@ -6,7 +6,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mtasts_fast.cache.base import CacheEntry
@@ -77,13 +77,17 @@ class Running:
     fetcher: PolicyFetcher
     responder: Responder
     server: SocketmapServer
+    clients: list[Client] = field(default_factory=list)
 
     async def connect(self) -> Client:
+        """A new client connection; ``stop()`` closes any the test left open."""
         if self.config.path:
             reader, writer = await asyncio.open_unix_connection(self.config.path)
         else:
             reader, writer = await asyncio.open_connection(self.config.host, self.config.port)
-        return Client(reader, writer)
+        client = Client(reader, writer)
+        self.clients.append(client)
+        return client
 
     async def ask(self, payload: bytes | str) -> bytes:
         client = await self.connect()
@@ -97,6 +101,8 @@ class Running:
         await self.cache.put(CacheEntry(domain, pid, policy, now, now))
 
     async def stop(self) -> None:
+        for client in self.clients:
+            await client.close()
         await self.server.stop(1.0)
         await self.responder.close()
         await self.fetcher.close()
@@ -120,7 +126,11 @@ async def start_daemon(
     await fetcher.start()
     responder = Responder(config, cache, fetcher)
     server = SocketmapServer(config, responder)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await fetcher.close()
+        raise
     return Running(config, cache, fetcher, responder, server)
 
 

@@ -237,8 +237,9 @@ def test_privilege_drop_after_binding(world: Any, tmp_path: Path, start: Any) ->
     assert fields["Uid"].split() == [str(nobody.pw_uid)] * 4
     assert fields["Gid"].split() == [str(nobody.pw_gid)] * 4
     assert fields["Groups"].split() in ([], [str(nobody.pw_gid)])
-    assert _ask(port, b"postfix good.loc") == b"OK secure match=mail.loc servername=hostname"
+    reply = _ask(port, b"postfix good.loc")
     code, out = _stop(proc)
+    assert reply == b"OK secure match=mail.loc servername=hostname", out
     assert code == 0, out
 
 
@@ -297,3 +298,14 @@ def test_check_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout
+
+
+def test_unreadable_ca_file_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "ca.yml"
+    config.write_text(f"ca_file: {tmp_path / 'missing.pem'}\n")
+    result = subprocess.run(
+        _daemon_cmd("-c", str(config)), capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2
+    assert "ca_file: cannot load" in result.stderr
+    assert str(config) in result.stderr

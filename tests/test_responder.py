@@ -62,11 +62,6 @@ def _cases() -> list[Any]:
     return cases
 
 
-@pytest.fixture(scope="module")
-def zone_daemons() -> dict[str, Running]:
-    return {}
-
-
 @pytest.mark.parametrize(("zone", "request_text", "expected"), _cases())
 async def test_refdata(
     world: Any, tmp_path: Path, zone: str, request_text: str, expected: str
@@ -152,7 +147,7 @@ async def test_revalidation_runs_in_background_and_never_blocks(
         f"OK secure match=old.{domain} servername=hostname".encode()
     )
     assert time.monotonic() - started < 0.5
-    world.stall_dns("_mta-sts." + domain, None)
+    world.stall_dns("_mta-sts." + domain, 0)
 
 
 async def test_new_txt_id_replaces_policy_after_background_check(

@@ -39,7 +39,7 @@ async def test_cached_enforce_reply_bytes(running: Running) -> None:
     client = await running.connect()
     client.writer.write(b"20:postfix enforce.test,")
     raw = await asyncio.wait_for(client.reader.readexactly(len(OK_ENFORCE) + 4), 5)
-    assert raw == b"72:" + OK_ENFORCE + b","
+    assert raw == b"71:" + OK_ENFORCE + b","
     await client.close()
 
 
@@ -313,5 +313,4 @@ async def test_stop_flushes_owed_replies_then_closes(world: Any, tmp_path: Path)
     assert await busy.read() == f"OK secure match=mx.{domain} servername=hostname".encode()
     assert await busy.at_eof()
     assert await idle.at_eof()
-    await daemon.responder.close()
-    await daemon.fetcher.close()
+    await daemon.stop()

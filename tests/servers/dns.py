@@ -140,7 +140,9 @@ class Zone:
                     break
                 if qtype in node.records:
                     for value in node.records[qtype]:
-                        reply.add_answer(RR(owner, request.q.qtype, rdata=_rdata(qtype, value), ttl=0))
+                        reply.add_answer(
+                            RR(owner, request.q.qtype, rdata=_rdata(qtype, value), ttl=0)
+                        )
                     break
                 if "CNAME" in node.records and qtype != "CNAME":
                     target = str(node.records["CNAME"][0])
@@ -164,8 +166,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         def send(packet: bytes) -> None:
@@ -251,7 +252,7 @@ class DnsServer:
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tcp_tasks.add(task)  # type: ignore[arg-type]
+        self._tcp_tasks.add(task)
 
         def send(packet: bytes) -> None:
             if not writer.is_closing():
@@ -264,8 +265,10 @@ class DnsServer:
                 self.handle(await reader.readexactly(length), send, udp=False)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            pass  # only close() cancels us; end quietly
         finally:
-            self._tcp_tasks.discard(task)  # type: ignore[arg-type]
+            self._tcp_tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
