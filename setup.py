@@ -18,7 +18,9 @@ if not NO_EXTENSIONS:
     macros = [("CYTHON_TRACE", "1")] if DEBUG else []
     ext_modules = cythonize(
         [
-            Extension("mtasts_fast._netstring", ["mtasts_fast/_netstring.pyx"], define_macros=macros),
+            Extension(
+                "mtasts_fast._netstring", ["mtasts_fast/_netstring.pyx"], define_macros=macros
+            ),
             Extension("mtasts_fast._matcher", ["mtasts_fast/_matcher.pyx"], define_macros=macros),
         ],
         compiler_directives={

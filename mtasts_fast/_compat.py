@@ -21,6 +21,4 @@ NO_EXTENSIONS: bool = _flag("MTASTS_NO_EXTENSIONS")
 REQUIRE_EXTENSIONS: bool = _flag("MTASTS_REQUIRE_EXTENSIONS")
 
 if NO_EXTENSIONS and REQUIRE_EXTENSIONS:
-    raise ImportError(
-        "MTASTS_NO_EXTENSIONS and MTASTS_REQUIRE_EXTENSIONS are both set; choose one"
-    )
+    raise ImportError("MTASTS_NO_EXTENSIONS and MTASTS_REQUIRE_EXTENSIONS are both set; choose one")

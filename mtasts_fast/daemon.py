@@ -81,27 +81,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"mta-sts-daemon: cannot open log file {args.logfile}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    if not args.disable_uvloop:
-        import uvloop
-
-        runner = uvloop.run
-    else:
-        runner = asyncio.run
     _raise_fd_limit(config.max_connections)
-    return runner(_serve(config, args))
+    if args.disable_uvloop:
+        return asyncio.run(_serve(config, args))
+    import uvloop
+
+    return uvloop.run(_serve(config, args))
 
 
 async def _serve(config: Config, args: argparse.Namespace) -> int:
     # Imported here so that --check-config and --help stay fast.
-    from mtasts_fast.cache import create_cache
-    from mtasts_fast.fetcher import PolicyFetcher
-    from mtasts_fast.responder import Responder
-    from mtasts_fast.server import ListenError, SocketmapServer
-
     # Codecs the event loop loads lazily on the first connection to a policy
     # host; after the privilege drop the interpreter's own directory may not
     # be readable any more (a Python installed under /root, say).
     import encodings.idna  # noqa: F401
+
+    from mtasts_fast.cache import create_cache
+    from mtasts_fast.fetcher import PolicyFetcher
+    from mtasts_fast.responder import Responder
+    from mtasts_fast.server import ListenError, SocketmapServer
 
     loop = asyncio.get_running_loop()
     notifier = Notifier()
@@ -162,9 +160,7 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
 
     def on_hup() -> None:
         reopen_log_file()
-        _log.info(
-            "SIGHUP: log file reopened; configuration changes take effect after a restart"
-        )
+        _log.info("SIGHUP: log file reopened; configuration changes take effect after a restart")
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_exit_signal, signum)

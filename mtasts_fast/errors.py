@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 __all__ = [
-    "MtastsError",
-    "NetstringError",
     "BadLength",
     "BadTerminator",
-    "TooLong",
-    "PolicyError",
     "ConfigError",
+    "MtastsError",
+    "NetstringError",
+    "PolicyError",
+    "TooLong",
 ]
 
 

@@ -277,7 +277,7 @@ class PolicyFetcher:
 
     # The timeout is a parameter (ASYNC109) because it is the zone's setting and
     # bounds the whole fetch, which applies it with asyncio.timeout() itself.
-    async def fetch(self, domain: str, timeout: float, known_id: str | None = None) -> FetchResult:  # noqa: ASYNC109
+    async def fetch(self, domain: str, timeout: float, known_id: str | None = None) -> FetchResult:
         """Discover and fetch the policy of ``domain`` (a lower-case A-label).
 
         When the TXT id equals ``known_id`` the result is NOT_CHANGED and no
@@ -285,7 +285,7 @@ class PolicyFetcher:
         """
         return await self._bounded(domain, timeout, known_id, txt_only=False)
 
-    async def fetch_txt_id(self, domain: str, timeout: float) -> FetchResult:  # noqa: ASYNC109
+    async def fetch_txt_id(self, domain: str, timeout: float) -> FetchResult:
         """The TXT stage only: is there a valid policy record, and its id?
 
         A valid record gives NOT_CHANGED with ``policy_id`` set (meaning "id

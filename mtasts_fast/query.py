@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ca-file", help="CA bundle for the HTTPS fetch (default: system store)")
     parser.add_argument(
-        "--timeout", type=float, help=f"seconds for the whole lookup (default: zone timeout, {defaults.ZONE_TIMEOUT})"
+        "--timeout",
+        type=float,
+        help=f"seconds for the whole lookup (default: zone timeout, {defaults.ZONE_TIMEOUT})",
     )
     parser.add_argument(
         "-v", "--verbosity", choices=list(LEVELS), default="warn", help="logging verbosity"
@@ -170,7 +172,7 @@ def _human(report: dict[str, Any]) -> str:
     records = report["txt_records"]
     if records:
         for record in records:
-            out.append(f"TXT record:  {report['txt_name']} \"{record}\"")
+            out.append(f'TXT record:  {report["txt_name"]} "{record}"')
     else:
         out.append(f"TXT record:  {report['txt_name']} (none)")
     if report["policy_id"]:
@@ -190,9 +192,8 @@ def _human(report: dict[str, Any]) -> str:
     elif outcome == "no_policy":
         out.append(f"result:      no MTA-STS policy: {report['reason']}")
     else:
-        out.append(
-            f"result:      FAILED at {report['stage']} ({report['result_type']}): {report['reason']}"
-        )
+        stage, kind = report["stage"], report["result_type"]
+        out.append(f"result:      FAILED at {stage} ({kind}): {report['reason']}")
     for warning in report["warnings"]:
         out.append(f"warning:     {warning}")
     if report["reply"] is not None:

@@ -9,6 +9,7 @@ Everything else returns a coroutine for the server to schedule.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -174,7 +175,9 @@ class Responder:
         key = (domain, known_id)
         future = self._inflight.get(key)
         if future is None:
-            future = asyncio.ensure_future(self._fetch_and_store(domain, known_id, timeout, previous))
+            future = asyncio.ensure_future(
+                self._fetch_and_store(domain, known_id, timeout, previous)
+            )
             self._inflight[key] = future
             future.add_done_callback(lambda _f: self._inflight.pop(key, None))
         # A caller that goes away (client disconnect, shutdown) must not cancel
@@ -213,7 +216,8 @@ class Responder:
         result: FetchResult, domain: str, now: float, previous: CacheEntry | None
     ) -> CacheEntry | None:
         if result.outcome is Outcome.POLICY:
-            assert result.policy is not None and result.policy_id is not None
+            assert result.policy is not None
+            assert result.policy_id is not None
             for warning in result.warnings:
                 _log.info("policy of %s: %s", domain, warning)
             # A fetched ``mode: none`` replaces the cached policy at once
@@ -222,9 +226,7 @@ class Responder:
         if result.outcome is Outcome.NOT_CHANGED and previous is not None:
             # Same TXT id: the policy is confirmed but not re-fetched, so its
             # expiry (from fetched_at) does not move (RFC 8461 §3.2).
-            return CacheEntry(
-                domain, previous.policy_id, previous.policy, previous.fetched_at, now
-            )
+            return CacheEntry(domain, previous.policy_id, previous.policy, previous.fetched_at, now)
         return None
 
     @staticmethod
@@ -246,7 +248,5 @@ class Responder:
         for task in list(self._tasks) + list(self._inflight.values()):
             task.cancel()
         for task in list(self._tasks) + list(self._inflight.values()):
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            except (asyncio.CancelledError, Exception):  # noqa: PERF203
-                pass

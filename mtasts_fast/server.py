@@ -187,9 +187,9 @@ class SocketmapProtocol(asyncio.Protocol):
     def _maybe_resume_reading(self) -> None:
         if self._paused_pipeline and len(self._pending) < _PIPELINE_LIMIT // 2:
             self._paused_pipeline = False
-        if not self._paused_pipeline and not self._paused_writing and not self._closing:
-            if self._transport is not None:
-                self._transport.resume_reading()
+        paused = self._paused_pipeline or self._paused_writing or self._closing
+        if not paused and self._transport is not None:
+            self._transport.resume_reading()
 
     def _close_when_flushed(self) -> None:
         if not self._pending and self._transport is not None:
@@ -217,7 +217,7 @@ class SocketmapServer:
         self.connections: set[SocketmapProtocol] = set()
         self.tick = 0
         self._idle_ticks = max(1, round(config.idle_timeout / _SWEEP_PERIOD))
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._unix_path: str | None = None
         self._unix_inode: tuple[int, int] | None = None
@@ -316,7 +316,9 @@ class SocketmapServer:
             raise
         except OSError as exc:
             sock.close()
-            raise ListenError(f"cannot listen on unix socket {path}: {exc.strerror or exc}") from exc
+            raise ListenError(
+                f"cannot listen on unix socket {path}: {exc.strerror or exc}"
+            ) from exc
         self._unix_path = path
         sock.setblocking(False)
         return sock

@@ -75,7 +75,10 @@ def test_render(policy: Policy, zone: ZoneConfig, expected: str) -> None:
 
 def test_tlsrpt_leaves_out_lines_with_braces() -> None:
     policy = Policy(
-        "enforce", 600, ("mx.example",), ("version: STSv1", "ext: a{b", "note: c}d", "mode: enforce")
+        "enforce",
+        600,
+        ("mx.example",),
+        ("version: STSv1", "ext: a{b", "note: c}d", "mode: enforce"),
     )
     reply = render_policy("example", policy, ZoneConfig(tlsrpt=True, require_sni=False)).decode()
     assert reply == (
