@@ -99,6 +99,7 @@ class Config:
     backlog: int
     idle_timeout: float
     max_connections: int
+    workers: int
     shutdown_timeout: float
     cache_grace: float
     cache: CacheConfig
@@ -496,6 +497,7 @@ _TOP_KEYS = (
     "backlog",
     "idle_timeout",
     "max_connections",
+    "workers",
     "shutdown_timeout",
     "cache_grace",
     "cache",
@@ -632,12 +634,12 @@ def _redis_sentinel_options(section: _Section) -> dict[str, Any]:
 
 
 def _postgres_options(section: _Section) -> dict[str, Any]:
-    dsn = section.required(
-        "dsn", _url(("postgres", "postgresql")), "required for cache type 'postgres'"
-    )
-    # `timeout` is ours (pool acquire); everything else goes to create_pool.
+    # postfix-mta-sts-resolver passes every option but `timeout` to
+    # asyncpg.create_pool, so a config may name host/database/user instead of
+    # a dsn; without either, asyncpg uses its PG* environment defaults.
+    dsn = section.optional("dsn", _url(("postgres", "postgresql")))
     options = {
-        "dsn": dsn,
+        **({"dsn": dsn} if dsn is not None else {}),
         "timeout": section.get("timeout", _positive, defaults.POSTGRES_TIMEOUT),
         **section.extras(("dsn", "timeout")),
     }
@@ -725,6 +727,7 @@ def _build(data: object, filename: str) -> Config:
         backlog=top.get("backlog", _int(1, _MAX_BACKLOG), defaults.BACKLOG),
         idle_timeout=top.get("idle_timeout", _positive, defaults.IDLE_TIMEOUT),
         max_connections=top.get("max_connections", _int(1), defaults.MAX_CONNECTIONS),
+        workers=top.get("workers", _int(1, defaults.MAX_WORKERS), defaults.workers()),
         # 0 is meaningful here (cut open connections at once) and the old
         # daemon accepted it.
         shutdown_timeout=top.get("shutdown_timeout", _non_negative, defaults.SHUTDOWN_TIMEOUT),

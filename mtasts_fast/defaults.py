@@ -109,3 +109,11 @@ NAMESERVERS: tuple[str, ...] = ()
 # CA bundle for the policy HTTPS fetch: None means the system trust store,
 # which honours SSL_CERT_FILE / SSL_CERT_DIR.
 CA_FILE: str | None = None
+
+# Worker processes sharing the listening port (SO_REUSEPORT) and the cache.
+# One per CPU by default: a worker is single-threaded and CPU-bound on hits.
+MAX_WORKERS = 256
+
+
+def workers() -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))

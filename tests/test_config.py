@@ -142,11 +142,16 @@ def test_defaults_from_mapping(data: object) -> None:
 
 def test_example_file_documents_the_defaults() -> None:
     # config_examples/internal.yml writes out every key with its default.
+    # `workers` defaults to the CPU count, so the file leaves it commented out.
     config = Config.from_yaml(EXAMPLE)
     assert same_settings(config, Config.default())
     # ...and really writes out every key (not just leaves it to the defaults).
     document = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    assert set(document) == {f.name for f in dataclasses.fields(Config)} - {"filename"}
+    assert "\n# workers: " in EXAMPLE.read_text(encoding="utf-8")
+    assert set(document) == {f.name for f in dataclasses.fields(Config)} - {
+        "filename",
+        "workers",
+    }
     assert set(document["default_zone"]) == {f.name for f in dataclasses.fields(ZoneConfig)}
     assert set(document["proactive_policy_fetching"]) == {
         f.name for f in dataclasses.fields(ProactiveFetchConfig)
@@ -902,12 +907,6 @@ REJECTED = [
         id="sentinel-short-pair",
     ),
     pytest.param(
-        "cache: {type: postgres, options: {timeout: 3}}",
-        "cache.options.dsn",
-        "required for cache type 'postgres'",
-        id="postgres-without-dsn",
-    ),
-    pytest.param(
         "cache: {type: postgres, options: {dsn: 'host=/run/postgresql'}}",
         "cache.options.dsn",
         "expected a URL starting with postgres:// or postgresql://",
@@ -1220,3 +1219,27 @@ def test_from_yaml_returns_config_or_raises_config_error(
     except ConfigError as exc:
         error = exc
     assert error is None or str(error).startswith(f"{path}: ")
+
+
+def test_postgres_without_dsn_passes_connection_keys_through(tmp_path: Path) -> None:
+    # postfix-mta-sts-resolver hands every option but `timeout` to asyncpg, so
+    # host/database/user keys are as valid as a dsn.
+    config_file = tmp_path / "pg.yml"
+    config_file.write_text(
+        "cache: {type: postgres, options: {host: /run/postgresql, database: mta, timeout: 3}}\n"
+    )
+    options = Config.from_yaml(config_file).cache.options
+    assert "dsn" not in options
+    assert options["host"] == "/run/postgresql"
+    assert options["database"] == "mta"
+    assert options["timeout"] == 3
+
+
+def test_workers(tmp_path: Path) -> None:
+    config_file = tmp_path / "w.yml"
+    config_file.write_text("workers: 3\n")
+    assert Config.from_yaml(config_file).workers == 3
+    assert Config.default().workers == max(1, os.cpu_count() or 1)
+    config_file.write_text("workers: 0\n")
+    with pytest.raises(ConfigError, match="workers"):
+        Config.from_yaml(config_file)

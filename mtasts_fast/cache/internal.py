@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import ClassVar
 
-from mtasts_fast.cache.base import Cache, CacheEntry
+from mtasts_fast.cache.base import SCAN_BATCH, Cache, CacheEntry
 
 __all__ = ["InternalCache"]
 
@@ -20,6 +21,7 @@ class InternalCache(Cache):
             raise ValueError("cache size must be at least 1")
         self._size = size
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._proactive_ts = 0.0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -34,10 +36,36 @@ class InternalCache(Cache):
         return self.get_nowait(domain)
 
     async def put(self, entry: CacheEntry) -> None:
+        old = self._entries.get(entry.domain)
+        if old is not None and old.checked_at > entry.checked_at:
+            return
         self._entries[entry.domain] = entry
         self._entries.move_to_end(entry.domain)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
 
-    async def delete(self, domain: str) -> None:
-        self._entries.pop(domain, None)
+    async def delete(self, domain: str) -> bool:
+        return self._entries.pop(domain, None) is not None
+
+    async def scan(self, batch_size: int = SCAN_BATCH) -> AsyncIterator[list[CacheEntry]]:
+        # A snapshot, least recently used first; scanning does not count as use.
+        snapshot = list(self._entries.values())
+        for start in range(0, len(snapshot), batch_size):
+            yield snapshot[start : start + batch_size]
+
+    async def purge(self) -> int:
+        count = len(self._entries)
+        self._entries.clear()
+        return count
+
+    async def prune(self, older_than: float) -> int:
+        expired = [d for d, e in self._entries.items() if e.expires_at < older_than]
+        for domain in expired:
+            del self._entries[domain]
+        return len(expired)
+
+    async def get_proactive_ts(self) -> float:
+        return self._proactive_ts
+
+    async def set_proactive_ts(self, ts: float) -> None:
+        self._proactive_ts = float(ts)
