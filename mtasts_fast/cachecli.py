@@ -1,0 +1,262 @@
+"""``mta-sts-cache``: inspect and manage the policy cache the config names.
+
+    mta-sts-cache [-c FILE] list [--json]
+    mta-sts-cache [-c FILE] show DOMAIN [--json]
+    mta-sts-cache [-c FILE] purge DOMAIN... | --all
+    mta-sts-cache [-c FILE] export [FILE]        JSON lines, "-" = stdout
+    mta-sts-cache [-c FILE] import [FILE]        JSON lines, "-" = stdin
+
+Export/import move a cache between backends (e.g. sqlite → lmdb). Exit
+status: 0 done, 1 a named domain is not cached, 2 usage or configuration
+error, 3 the cache backend is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from mtasts_fast import __version__, defaults
+from mtasts_fast.cache import Cache, CacheEntry, CacheUnavailable, create_cache
+from mtasts_fast.config import Config
+from mtasts_fast.errors import ConfigError
+from mtasts_fast.keys import normalise_key
+from mtasts_fast.policy import MODES, Policy
+from mtasts_fast.reply import render_policy
+
+__all__ = ["build_parser", "console_main", "entry_from_json", "entry_to_json", "main"]
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+EXPORT_FORMAT = 1
+
+
+class UsageError(Exception):
+    """Bad arguments or input; the message is shown to the user."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mta-sts-cache",
+        description="Inspect and manage the MTA-STS policy cache named by the daemon's config.",
+        epilog="Exit status: 0 done, 1 domain not cached, 2 usage/config error, "
+        "3 cache unavailable.",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=defaults.CONFIG_PATH,
+        help="the daemon's YAML configuration (default: %(default)s)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = commands.add_parser("list", help="one line per cached domain")
+    listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    show = commands.add_parser("show", help="everything cached for one domain")
+    show.add_argument("domain")
+    show.add_argument("--json", action="store_true", help="a JSON object")
+    purge = commands.add_parser("purge", help="forget domains (they are fetched again)")
+    purge.add_argument("domains", nargs="*", metavar="DOMAIN")
+    purge.add_argument("--all", action="store_true", help="forget every cached policy")
+    export = commands.add_parser("export", help="write every entry as JSON lines")
+    export.add_argument("file", nargs="?", default="-", help="output file (default: stdout)")
+    load = commands.add_parser("import", help="read JSON lines written by export")
+    load.add_argument("file", nargs="?", default="-", help="input file (default: stdin)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = Config.from_yaml(args.config)
+        if config.cache.type == "internal":
+            raise UsageError(
+                f"{config.filename}: cache.type: the 'internal' cache lives inside each "
+                "daemon process and cannot be reached from outside; mta-sts-cache works "
+                "with lmdb, sqlite, redis, redis_sentinel and postgres"
+            )
+        cache = create_cache(config.cache, config.filename)
+        return asyncio.run(_run(cache, config, args))
+    except ConfigError as exc:
+        print(f"mta-sts-cache: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"mta-sts-cache: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CacheUnavailable as exc:
+        print(f"mta-sts-cache: cache unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except OSError as exc:
+        print(f"mta-sts-cache: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+async def _run(cache: Cache, config: Config, args: argparse.Namespace) -> int:
+    await cache.setup()
+    try:
+        if args.command == "list":
+            return await _list(cache, args.json)
+        if args.command == "show":
+            return await _show(cache, config, _domain(args.domain), args.json)
+        if args.command == "purge":
+            return await _purge(cache, args.domains, args.all)
+        if args.command == "export":
+            return await _export(cache, args.file)
+        return await _import(cache, args.file)
+    finally:
+        await cache.close()
+
+
+def _domain(text: str) -> str:
+    domain = normalise_key(text.encode("utf-8", "surrogateescape"))
+    if domain is None:
+        raise UsageError(f"{text!r} is not a domain that can have a policy")
+    return domain
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+async def _list(cache: Cache, as_json: bool) -> int:
+    out = sys.stdout
+    if not as_json:
+        out.write(f"{'DOMAIN':<40} {'MODE':<8} {'ID':<33} EXPIRES\n")
+    async for batch in cache.scan():
+        for entry in sorted(batch, key=lambda e: e.domain):
+            if as_json:
+                out.write(json.dumps(entry_to_json(entry)) + "\n")
+            else:
+                out.write(
+                    f"{entry.domain:<40} {entry.policy.mode:<8} {entry.policy_id:<33} "
+                    f"{_when(entry.expires_at)}\n"
+                )
+    return EXIT_OK
+
+
+async def _show(cache: Cache, config: Config, domain: str, as_json: bool) -> int:
+    entry = await cache.get(domain)
+    if entry is None:
+        print(f"{domain}: not cached", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if as_json:
+        print(json.dumps(entry_to_json(entry), indent=2))
+        return EXIT_OK
+    reply = render_policy(domain, entry.policy, config.default_zone).decode()
+    print(f"domain:      {entry.domain}")
+    print(f"policy id:   {entry.policy_id}")
+    print(f"mode:        {entry.policy.mode}")
+    print(f"max_age:     {entry.policy.max_age} s")
+    print(f"mx:          {', '.join(entry.policy.mx) or '(none)'}")
+    print(f"fetched:     {_when(entry.fetched_at)} (last HTTPS fetch)")
+    print(f"checked:     {_when(entry.checked_at)} (last TXT confirmation)")
+    print(f"expires:     {_when(entry.expires_at)}")
+    print("policy:")
+    for line in entry.policy.lines:
+        print(f"    {line}")
+    print(f"Postfix reply (default zone): {reply}")
+    return EXIT_OK
+
+
+async def _purge(cache: Cache, domains: list[str], purge_all: bool) -> int:
+    if purge_all == bool(domains):
+        raise UsageError("purge takes either DOMAIN... or --all")
+    if purge_all:
+        count = await cache.purge()
+        print(f"purged {count} entries")
+        return EXIT_OK
+    status = EXIT_OK
+    for text in domains:
+        domain = _domain(text)
+        if await cache.delete(domain):
+            print(f"{domain}: purged")
+        else:
+            print(f"{domain}: not cached", file=sys.stderr)
+            status = EXIT_NOT_FOUND
+    return status
+
+
+async def _export(cache: Cache, target: str) -> int:
+    # A command-line tool: blocking file I/O in the one task is fine.
+    out: IO[str] = sys.stdout if target == "-" else open(target, "w", encoding="utf-8")  # noqa: SIM115, ASYNC230
+    count = 0
+    try:
+        async for batch in cache.scan():
+            for entry in batch:
+                out.write(json.dumps(entry_to_json(entry), ensure_ascii=False) + "\n")
+                count += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} entries", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _import(cache: Cache, source: str) -> int:
+    src: IO[str] = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115, ASYNC230
+    count = 0
+    try:
+        for number, line in enumerate(src, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = entry_from_json(json.loads(line))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise UsageError(f"{source}: line {number}: {exc}") from None
+            await cache.put(entry)
+            count += 1
+    finally:
+        if src is not sys.stdin:
+            src.close()
+    print(f"imported {count} entries", file=sys.stderr)
+    return EXIT_OK
+
+
+def entry_to_json(entry: CacheEntry) -> dict[str, Any]:
+    return {
+        "format": EXPORT_FORMAT,
+        "domain": entry.domain,
+        "policy_id": entry.policy_id,
+        "mode": entry.policy.mode,
+        "max_age": entry.policy.max_age,
+        "mx": list(entry.policy.mx),
+        "lines": list(entry.policy.lines),
+        "fetched_at": entry.fetched_at,
+        "checked_at": entry.checked_at,
+    }
+
+
+def entry_from_json(data: Any) -> CacheEntry:
+    """Rebuild an exported entry; ValueError/TypeError/KeyError if it is not one."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if data.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"unknown export format {data.get('format')!r}")
+    domain = normalise_key(str(data["domain"]).encode())
+    if domain is None or domain != data["domain"]:
+        raise ValueError(f"invalid domain {data['domain']!r}")
+    mode, max_age = data["mode"], data["max_age"]
+    if mode not in MODES or type(max_age) is not int or max_age < 0:
+        raise ValueError("invalid mode or max_age")
+    mx, lines = data["mx"], data["lines"]
+    if not all(isinstance(x, str) for x in [*mx, *lines]):
+        raise TypeError("mx and lines must be lists of strings")
+    policy = Policy(mode=mode, max_age=max_age, mx=tuple(mx), lines=tuple(lines))
+    policy_id = data["policy_id"]
+    if not isinstance(policy_id, str):
+        raise TypeError("policy_id must be a string")
+    return CacheEntry(
+        domain, policy_id, policy, float(data["fetched_at"]), float(data["checked_at"])
+    )
+
+
+def console_main() -> None:
+    sys.exit(main())
