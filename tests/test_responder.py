@@ -247,3 +247,32 @@ async def test_invalid_new_policy_never_replaces_valid_one(daemon: Running, worl
     await asyncio.sleep(0.2)
     assert world.https_requests(domain) == 1
     assert await daemon.ask("postfix " + domain) == good
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(".good.loc", id="parent-domain-probe"),
+        pytest.param("[192.0.2.1]", id="bracketed-ipv4"),
+        pytest.param("192.0.2.1", id="bare-ipv4"),
+        pytest.param("2001:db8::1", id="unbracketed-ipv6"),
+        pytest.param("[IPv6:2001:db8::1]:25", id="postfix-ipv6-form"),
+        pytest.param("", id="empty"),
+        pytest.param("a" * 64 + ".loc", id="label-over-63"),
+        pytest.param(("a" * 60 + ".") * 5 + "loc", id="name-over-253"),
+        pytest.param("exa mple.loc", id="space-in-name"),
+        pytest.param("/var/spool/postfix/lmtp", id="lmtp-path"),
+    ],
+)
+async def test_unusable_keys_answer_notfound_without_dns(
+    daemon: Running, world: Any, key: str
+) -> None:
+    before = world.zone.total_queries()
+    assert await daemon.ask("postfix " + key) == NF.encode()
+    assert world.zone.total_queries() == before
+
+
+async def test_invalid_utf8_key_answers_notfound_without_dns(daemon: Running, world: Any) -> None:
+    before = world.zone.total_queries()
+    assert await daemon.ask(b"postfix \xff\xfe.loc") == NF.encode()
+    assert world.zone.total_queries() == before

@@ -93,6 +93,11 @@ class Zone:
         with self._lock:
             self._stalls.pop(_norm(name), None)
 
+    def total_queries(self) -> int:
+        """Every query received so far, whatever the name and type."""
+        with self._lock:
+            return sum(self._counts.values())
+
     def queries(self, name: str, rtype: str) -> int:
         with self._lock:
             return self._counts[(_norm(name), rtype)]
