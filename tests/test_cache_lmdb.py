@@ -1,0 +1,640 @@
+"""The ``lmdb`` backend: the shared contract, plus what sharing one file implies.
+
+Other processes are real ones (``subprocess``, never ``fork``: an LMDB
+environment must not cross a fork), running the small scripts below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import pytest
+
+from mtasts_fast.cache.base import Cache, CacheEntry, CacheUnavailable
+from mtasts_fast.cache.codec import decode_entry
+from mtasts_fast.cache.lmdb import LmdbCache
+from mtasts_fast.policy import Policy
+from tests.cache_contract import PersistentCacheContract, collect, make_entry
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+def options(path: str, *, map_size: int = 64 * MiB, max_entries: int = 100_000) -> dict[str, Any]:
+    return {"path": path, "map_size": map_size, "max_entries": max_entries}
+
+
+async def open_cache(path: str, **kwargs: Any) -> LmdbCache:
+    cache = LmdbCache(options(path, **kwargs))
+    await cache.setup()
+    return cache
+
+
+def lmdb_files(path: str) -> list[Path]:
+    if path.endswith("/"):
+        return [Path(path, "data.mdb"), Path(path, "lock.mdb")]
+    return [Path(path), Path(path + "-lock")]
+
+
+def raw_env(path: str) -> lmdb.Environment:
+    """The environment itself, for a test to look inside (cache closed first)."""
+    directory = path.endswith("/")
+    return lmdb.Environment(path.rstrip("/"), subdir=directory, max_dbs=4, create=False)
+
+
+def check_consistency(path: str) -> int:
+    """Every entry decodes and is in both indexes exactly once; return the count."""
+    env = raw_env(path)
+    try:
+        with env.begin() as txn:
+            policies = dict(txn.cursor(env.open_db(b"policies", txn, create=False)))
+            by_expiry = [k for k, _ in txn.cursor(env.open_db(b"by_expiry", txn, create=False))]
+            by_checked = [k for k, _ in txn.cursor(env.open_db(b"by_checked", txn, create=False))]
+    finally:
+        env.close()
+    entries = {k: decode_entry(k.decode(), v) for k, v in policies.items()}
+    assert all(e is not None for e in entries.values()), "an entry does not decode"
+    assert sorted(k[8:] for k in by_expiry) == sorted(entries)
+    assert sorted(k[8:] for k in by_checked) == sorted(entries)
+    return len(entries)
+
+
+def run_script(script: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+# A child process that imports nothing from tests/ (pytest is slow to import).
+PRELUDE = """
+import asyncio, json, sys, time
+from mtasts_fast.cache.base import CacheEntry
+from mtasts_fast.cache.lmdb import LmdbCache
+from mtasts_fast.policy import Policy
+
+def entry(domain, checked_at=None, pid="1"):
+    now = time.time()
+    mx = ("mx." + domain,)
+    lines = ("version: STSv1", "mode: enforce", "mx: mx." + domain, "max_age: 86400")
+    policy = Policy("enforce", 86400, mx, lines)
+    return CacheEntry(domain, pid, policy, now, now if checked_at is None else checked_at)
+"""
+
+# argv: path, my prefix, the other's prefix, count
+SHARE_SCRIPT = (
+    PRELUDE
+    + """
+async def main(path, me, other, count):
+    cache = LmdbCache({"path": path, "map_size": 64 << 20, "max_entries": 1_000_000})
+    await cache.setup()
+    for i in range(count):
+        await cache.put(entry(f"{me}{i}.example"))
+        # Both race on one key; the newest check must win wherever it is written.
+        await cache.put(entry("shared.example", checked_at=1000.0 + i, pid=me))
+        cache.get_nowait(f"{other}{i}.example")
+    seen = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen = sum(cache.get_nowait(f"{other}{i}.example") is not None for i in range(count))
+        if seen == count:
+            break
+        await asyncio.sleep(0.01)
+    print(json.dumps({"seen": seen}))
+    await cache.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+"""
+)
+
+# argv: path, seed. Writes, rewrites, deletes and prunes until killed.
+WRITER_SCRIPT = (
+    PRELUDE
+    + """
+import random
+
+async def main(path, seed):
+    rng = random.Random(seed)
+    cache = LmdbCache({"path": path, "map_size": 64 << 20, "max_entries": 300})
+    await cache.setup()
+    print("ready", flush=True)
+    i = 0
+    while True:
+        i += 1
+        action = rng.random()
+        domain = f"k{rng.randrange(400)}.example"
+        if action < 0.8:
+            await cache.put(entry(domain))
+        elif action < 0.95:
+            await cache.delete(domain)
+        elif action < 0.98:
+            await cache.set_proactive_ts(float(i))
+        else:
+            await cache.prune(time.time() - 10)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+)
+
+# argv: path, seconds. Holds LMDB's writer lock for that long.
+LOCK_HOLDER_SCRIPT = """
+import sys, time, lmdb
+env = lmdb.Environment(sys.argv[1], subdir=False, max_dbs=4)
+with env.begin(write=True):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+# argv: path, count. Opens with a much larger map than the parent and fills it.
+GROW_SCRIPT = (
+    PRELUDE
+    + """
+async def main(path, count):
+    cache = LmdbCache({"path": path, "map_size": 64 << 20, "max_entries": 1_000_000})
+    await cache.setup()
+    await cache.put_many(entry(f"g{i}.example") for i in range(count))
+    await cache.close()
+    print("done", flush=True)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+)
+
+
+@pytest.fixture(params=["file", "directory"])
+def cache_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A path that does not exist yet, below a directory that does not either."""
+    if request.param == "file":
+        return str(tmp_path / "missing" / "cache.lmdb")
+    return str(tmp_path / "missing" / "cache") + "/"
+
+
+@pytest.mark.both_loops
+class TestLmdbCache(PersistentCacheContract):
+    @pytest.fixture
+    async def cache(self, cache_path: str) -> AsyncIterator[LmdbCache]:
+        cache = await open_cache(cache_path)
+        yield cache
+        await cache.close()
+
+    async def reopen(self, cache: Cache) -> Cache:
+        assert isinstance(cache, LmdbCache)
+        await cache.close()
+        return await open_cache(cache.path)
+
+
+# -- files on disk -------------------------------------------------------------
+
+
+@pytest.fixture
+def no_umask() -> Iterator[None]:
+    """Let the modes LmdbCache asks for show through unchanged."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("no_umask")
+async def test_creates_parents_and_private_files(cache_path: str, tmp_path: Path) -> None:
+    cache = await open_cache(cache_path)
+    await cache.put(make_entry("example.com"))
+    await cache.close()
+    created = [tmp_path / "missing"]
+    if cache_path.endswith("/"):
+        created.append(Path(cache_path))
+    for directory in created:
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o750, directory
+    for filename in lmdb_files(cache_path):
+        assert stat.S_IMODE(filename.stat().st_mode) == 0o640, filename
+
+
+@pytest.mark.usefixtures("no_umask")
+async def test_world_bits_removed_from_existing_files(
+    cache_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = await open_cache(cache_path)
+    await cache.close()
+    for filename in lmdb_files(cache_path):
+        filename.chmod(0o666)
+    cache = await open_cache(cache_path)
+    await cache.close()
+    for filename in lmdb_files(cache_path):
+        assert stat.S_IMODE(filename.stat().st_mode) == 0o660, filename
+    assert "removed world permissions" in caplog.text
+
+
+async def test_existing_directory_is_used_as_directory(tmp_path: Path) -> None:
+    cache = await open_cache(str(tmp_path))
+    await cache.put(make_entry("example.com"))
+    await cache.close()
+    assert (tmp_path / "data.mdb").is_file()
+    assert (tmp_path / "lock.mdb").is_file()
+
+
+async def test_unusable_path_is_cache_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cache = LmdbCache(options(str(blocker / "cache.lmdb")))
+    with pytest.raises(CacheUnavailable, match="cannot open the LMDB cache"):
+        await cache.setup()
+    await cache.close()
+
+
+async def test_second_open_in_one_process_is_refused(tmp_path: Path) -> None:
+    # LMDB's locks belong to the process: a second environment on the same
+    # files would silently share them, and closing it would release them.
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path)
+    try:
+        with pytest.raises(CacheUnavailable, match="already open"):
+            await open_cache(path)
+        await cache.put(make_entry("example.com"))
+        assert cache.get_nowait("example.com") is not None
+    finally:
+        await cache.close()
+
+
+async def test_purge_empties_the_indexes_too(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path)
+    try:
+        await cache.put_many(make_entry(f"d{i}.example") for i in range(50))
+        await cache.set_proactive_ts(5.0)
+        assert await cache.purge() == 50
+        assert await cache.get_proactive_ts() == 5.0
+    finally:
+        await cache.close()
+    assert check_consistency(path) == 0
+
+
+# -- undecodable values ---------------------------------------------------------
+
+
+async def test_undecodable_value_reads_as_missing(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path)
+    await cache.put(make_entry("good.example"))
+    await cache.close()
+    env = raw_env(path)
+    with env.begin(write=True) as txn:
+        txn.put(b"bad.example", b"\xc1 not msgpack", db=env.open_db(b"policies", txn))
+        txn.put(b"future.example", b"\x92\x02\xa1x", db=env.open_db(b"policies", txn))
+    env.close()
+
+    cache = await open_cache(path)
+    try:
+        assert cache.get_nowait("bad.example") is None
+        assert cache.get_nowait("future.example") is None
+        assert await cache.get("bad.example") is None
+        batches = await collect(cache, 10)
+        assert [e.domain for b in batches for e in b] == ["good.example"]
+        # A write replaces the unreadable value whatever its checked_at.
+        await cache.put(make_entry("bad.example", checked_at=1.0, fetched_at=1.0))
+        got = cache.get_nowait("bad.example")
+        assert got is not None
+        assert got.checked_at == 1.0
+        assert await cache.delete("future.example") is False
+    finally:
+        await cache.close()
+    assert check_consistency(path) == 2
+
+
+async def test_get_nowait_returns_same_object_until_changed(tmp_path: Path) -> None:
+    cache = await open_cache(str(tmp_path / "cache.lmdb"))
+    try:
+        await cache.put(make_entry("example.com", pid="one", fetched_at=1000.0))
+        first = cache.get_nowait("example.com")
+        assert first is not None
+        first.rendered[None] = b"memoised reply"  # type: ignore[index]
+        assert cache.get_nowait("example.com") is first
+        await cache.put(make_entry("example.com", pid="two", fetched_at=2000.0))
+        second = cache.get_nowait("example.com")
+        assert second is not None
+        assert second.policy_id == "two"
+        assert second.rendered == {}
+    finally:
+        await cache.close()
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [pytest.param("", id="empty"), pytest.param("x" * 600, id="over-lmdb-key-limit")],
+)
+async def test_unstorable_keys(tmp_path: Path, domain: str) -> None:
+    cache = await open_cache(str(tmp_path / "cache.lmdb"))
+    try:
+        assert cache.get_nowait(domain) is None
+        await cache.put(make_entry(domain))
+        assert await cache.get(domain) is None
+        assert await cache.delete(domain) is False
+    finally:
+        await cache.close()
+
+
+async def test_put_many(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path)
+    try:
+        await cache.put(make_entry("d0001.example", pid="newer", fetched_at=2000.0))
+        await cache.put_many(
+            make_entry(f"d{i:04d}.example", fetched_at=1000.0) for i in range(2500)
+        )
+        await cache.put_many([make_entry("", fetched_at=1000.0)])  # skipped, logged
+        assert len([e for b in await collect(cache, 1000) for e in b]) == 2500
+        kept = await cache.get("d0001.example")
+        assert kept is not None
+        assert kept.policy_id == "newer"
+    finally:
+        await cache.close()
+    assert check_consistency(path) == 2500
+
+
+# -- size bounds: max_entries ---------------------------------------------------
+
+
+async def test_eviction_takes_expired_first_then_oldest_checked(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    now = time.time()
+    cache = await open_cache(path, max_entries=5)  # a batch of one entry
+    try:
+        for i in range(4):
+            await cache.put(make_entry(f"live{i}.example", fetched_at=now - 100 + i))
+        # Checked most recently of all, but its policy has expired.
+        await cache.put(
+            make_entry("expired.example", max_age=10, fetched_at=now - 1000, checked_at=now)
+        )
+        await cache.put(make_entry("new1.example", fetched_at=now))
+        assert await cache.get("expired.example") is None
+        assert all([await cache.get(f"live{i}.example") for i in range(4)])
+
+        # No expired entry left: the least recently checked goes, and a
+        # revalidation (a newer checked_at) counts as a use.
+        old = make_entry("live0.example", fetched_at=now - 100, checked_at=now + 1)
+        await cache.put(old)
+        await cache.put(make_entry("new2.example", fetched_at=now))
+        assert await cache.get("live1.example") is None
+        assert await cache.get("live0.example") is not None
+        await cache.put(make_entry("new3.example", fetched_at=now))
+        assert await cache.get("live2.example") is None
+        # Rewriting an existing domain never evicts.
+        await cache.put(make_entry("new3.example", fetched_at=now + 5))
+        names = sorted(e.domain for b in await collect(cache, 100) for e in b)
+        assert names == [
+            "live0.example",
+            "live3.example",
+            "new1.example",
+            "new2.example",
+            "new3.example",
+        ]
+    finally:
+        await cache.close()
+    assert check_consistency(path) == 5
+
+
+async def test_eviction_in_batches_of_one_percent(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path, max_entries=500)
+    try:
+        await cache.put_many(
+            make_entry(f"d{i:03d}.example", fetched_at=1e9 + i) for i in range(500)
+        )
+        await cache.put(make_entry("one-more.example", fetched_at=2e9))
+        remaining = sorted(e.domain for b in await collect(cache, 1000) for e in b)
+        assert len(remaining) == 496  # 5 oldest evicted, 1 added
+        assert remaining[0] == "d005.example"
+        assert "one-more.example" in remaining
+    finally:
+        await cache.close()
+    assert check_consistency(path) == 496
+
+
+async def test_lowered_max_entries_shrinks_on_next_new_domain(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path, max_entries=1000)
+    await cache.put_many(make_entry(f"d{i:03d}.example", fetched_at=1e9 + i) for i in range(300))
+    await cache.close()
+    cache = await open_cache(path, max_entries=100)
+    try:
+        await cache.put(make_entry("new.example", fetched_at=2e9))
+    finally:
+        await cache.close()
+    assert check_consistency(path) == 100
+
+
+async def test_expired_entries_are_served_until_pruned(tmp_path: Path) -> None:
+    # The responder, not the cache, decides what an expired entry is worth.
+    now = time.time()
+    cache = await open_cache(str(tmp_path / "cache.lmdb"))
+    try:
+        await cache.put(make_entry("expired.example", max_age=10, fetched_at=now - 60))
+        got = cache.get_nowait("expired.example")
+        assert got is not None
+        assert got.expires_at < now
+        assert await cache.prune(now) == 1
+        assert cache.get_nowait("expired.example") is None
+    finally:
+        await cache.close()
+
+
+async def test_prune_works_in_several_transactions(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    now = time.time()
+    cache = await open_cache(path, max_entries=10_000)
+    try:
+        await cache.put_many(
+            make_entry(f"old{i}.example", max_age=1, fetched_at=now - 100 - i) for i in range(2500)
+        )
+        await cache.put(make_entry("fresh.example"))
+        assert await cache.prune(now) == 2500
+    finally:
+        await cache.close()
+    assert check_consistency(path) == 1
+
+
+# -- size bounds: map_size ------------------------------------------------------
+
+
+def big_entry(domain: str, size: int) -> CacheEntry:
+    lines = tuple(f"ext{i}: {'x' * 1000}" for i in range(size // 1000))
+    policy = Policy("enforce", 86400, (f"mx.{domain}",), lines)
+    now = time.time()
+    return CacheEntry(domain, "1", policy, now, now)
+
+
+async def test_full_map_evicts_grows_then_drops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    caplog.set_level(logging.INFO, logger="mtasts_fast.cache.lmdb")
+    cache = await open_cache(path, map_size=MiB, max_entries=1_000_000)
+    try:
+        # About 2 KiB per entry, 4 MiB of policies for a 1 MiB map: old entries
+        # make room (evicted early enough that evicting stays possible).
+        for i in range(2000):
+            await cache.put(big_entry(f"d{i:04d}.example", 2000))
+        assert await cache.get("d1999.example") is not None
+        assert await cache.get("d0000.example") is None
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+        # Larger than the whole map: evicting cannot help, growing does.
+        await cache.put(big_entry("large.example", 3 * MiB // 2))
+        assert await cache.get("large.example") is not None
+        assert "map full, evicted" in caplog.text
+        assert "map size raised from 1048576 to 2097152 bytes" in caplog.text
+        assert "map size raised from 2097152 to 4194304 bytes" in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+        # Larger than the map may ever grow: dropped with one error line.
+        await cache.put(big_entry("huge.example", 5 * MiB))
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1
+        assert "dropped the write of the policy of huge.example" in errors[0].getMessage()
+        assert await cache.get("huge.example") is None
+
+        # And the cache keeps working.
+        for i in range(200):
+            await cache.put(big_entry(f"e{i:04d}.example", 2000))
+        assert await cache.get("e0199.example") is not None
+        await cache.set_proactive_ts(7.0)
+        assert await cache.get_proactive_ts() == 7.0
+        assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    finally:
+        await cache.close()
+    assert check_consistency(path) > 100
+
+
+async def test_map_grown_by_another_process_is_adopted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mtasts_fast.cache.lmdb")
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path, map_size=MiB)
+    try:
+        await cache.put(make_entry("mine.example"))
+        assert cache.get_nowait("mine.example") is not None
+        child = run_script(GROW_SCRIPT, path, "6000")
+        out, _ = child.communicate(timeout=120)
+        assert child.returncode == 0
+        assert out.strip() == "done"
+        # The data now reaches far beyond this process's 1 MiB map, which can
+        # only be replaced while no write of this process is in progress.
+        async with cache._write_lock:
+            assert cache.get_nowait("g5999.example") is None
+        assert "adopted" not in caplog.text
+        assert cache.get_nowait("g5999.example") is not None
+        assert "adopted map size 67108864" in caplog.text
+        assert cache.get_nowait("mine.example") is not None
+        await cache.put(make_entry("mine2.example"))
+        assert await cache.get("mine2.example") is not None
+    finally:
+        await cache.close()
+    assert check_consistency(path) == 6002
+
+
+# -- several processes ---------------------------------------------------------
+
+
+async def test_two_processes_share_the_cache(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    count = 300
+    children = [
+        run_script(SHARE_SCRIPT, path, "a", "b", str(count)),
+        run_script(SHARE_SCRIPT, path, "b", "a", str(count)),
+    ]
+    results = []
+    for child in children:
+        out, _ = await asyncio.to_thread(child.communicate, timeout=120)
+        assert child.returncode == 0
+        results.append(json.loads(out))
+    assert results == [{"seen": count}, {"seen": count}]
+    cache = await open_cache(path)
+    try:
+        for prefix in "ab":
+            for i in range(count):
+                assert cache.get_nowait(f"{prefix}{i}.example") is not None
+        shared = cache.get_nowait("shared.example")
+        assert shared is not None
+        assert shared.checked_at == 1000.0 + count - 1
+    finally:
+        await cache.close()
+    assert check_consistency(path) == 2 * count + 1
+
+
+@pytest.mark.slow
+async def test_kill_9_of_writers_leaves_a_consistent_cache(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    rng = random.Random(8461)
+    for seed in range(20):
+        child = run_script(WRITER_SCRIPT, path, str(seed))
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        await asyncio.sleep(rng.uniform(0.0, 0.3))
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        child.stdout.close()
+        assert child.returncode == -signal.SIGKILL
+    count = check_consistency(path)
+    assert 0 < count <= 300
+    cache = await open_cache(path, max_entries=300)
+    try:
+        seen = [e for b in await collect(cache, 100) for e in b]
+        assert len(seen) == count
+        await cache.put(make_entry("after.example"))
+        assert await cache.get("after.example") is not None
+        await cache.set_proactive_ts(1.5)
+        assert await cache.get_proactive_ts() == 1.5
+    finally:
+        await cache.close()
+    check_consistency(path)
+
+
+async def test_waiting_for_another_writer_does_not_block_the_loop(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path)
+    try:
+        await cache.put(make_entry("before.example"))
+        holder = run_script(LOCK_HOLDER_SCRIPT, path, "1.0")
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                # Reads never wait for a writer.
+                assert cache.get_nowait("before.example") is not None
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        started = time.monotonic()
+        await cache.put(make_entry("after.example"))
+        waited = time.monotonic() - started
+        ticker.cancel()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+        assert waited > 0.5  # the put really waited for the other process
+        assert ticks > 20  # while the loop kept running and reading
+        assert cache.get_nowait("after.example") is not None
+    finally:
+        await cache.close()
