@@ -276,3 +276,17 @@ async def test_invalid_utf8_key_answers_notfound_without_dns(daemon: Running, wo
     before = world.zone.total_queries()
     assert await daemon.ask(b"postfix \xff\xfe.loc") == NF.encode()
     assert world.zone.total_queries() == before
+
+
+async def test_within_cache_grace_no_network_at_all(world: Any, tmp_path: Path) -> None:
+    daemon = await start_daemon(world, tmp_path)  # default cache_grace: 60 s
+    try:
+        domain = world.fresh_domain()
+        world.add_domain(domain, policy=world.policy_text("enforce", ["mx." + domain]))
+        for _ in range(20):
+            assert (await daemon.ask("postfix " + domain)).startswith(b"OK secure")
+        await asyncio.sleep(0.2)
+        assert world.txt_queries(domain) == 1
+        assert world.https_requests(domain) == 1
+    finally:
+        await daemon.stop()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -313,3 +315,33 @@ async def test_stop_flushes_owed_replies_then_closes(world: Any, tmp_path: Path)
     assert await busy.at_eof()
     assert await idle.at_eof()
     await daemon.stop()
+
+
+async def test_tcp_nodelay_on_accepted_connections(world: Any, tmp_path: Path) -> None:
+    daemon = await start_daemon(world, tmp_path)
+    try:
+        client = await daemon.connect()
+        assert await client.ask("postfix .x") == NOTFOUND
+        (conn,) = daemon.server.connections
+        sock = conn._transport.get_extra_info("socket")  # type: ignore[union-attr]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        await daemon.stop()
+
+
+async def test_listen_backlog_is_configured(world: Any, tmp_path: Path) -> None:
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.fail("ss (iproute2) is needed; `make test` installs it")
+    daemon = await start_daemon(world, tmp_path, backlog=777)
+    try:
+        port = daemon.config.port
+        proc = await asyncio.create_subprocess_exec(
+            ss, "-ltnH", f"sport = :{port}", stdout=subprocess.PIPE
+        )
+        out = (await proc.communicate())[0].decode()
+        # For a listening socket, ss's Send-Q column is the accept backlog.
+        (line,) = out.splitlines()
+        assert line.split()[2] == "777"
+    finally:
+        await daemon.stop()
