@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from mtasts_fast.cache import Cache, CacheEntry
+from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.config import Config, ZoneConfig
 from mtasts_fast.fetcher import FetchResult, Outcome, PolicyFetcher
 from mtasts_fast.keys import normalise_key
@@ -38,6 +39,14 @@ TEMP_CACHE = encode(b"TEMP MTA-STS policy cache unavailable")
 _KEY_MEMO_LIMIT = 65_536
 
 _MISSING = object()
+
+# Entries kept in process while the cache backend (Redis, PostgreSQL, ...) is
+# unreachable, so an outage does not turn every lookup into a fetch.
+_FALLBACK_SIZE = 10_000
+
+# What a shared fetch hands its waiters: the entry to serve (or None) and
+# whether the fetch failed (as opposed to finding no policy).
+_Refreshed = tuple[CacheEntry | None, bool]
 
 
 class Responder:
@@ -63,11 +72,14 @@ class Responder:
         self._keys: dict[bytes, str | None] = {}
         # One fetch per (domain, known id) at a time, shared by every lookup
         # that needs it (DESIGN.md §2 "Coalescing").
-        self._inflight: dict[tuple[str, str | None], asyncio.Future[CacheEntry | None]] = {}
+        self._inflight: dict[tuple[str, str | None], asyncio.Future[_Refreshed]] = {}
         # Last background revalidation attempt per domain, so a domain whose DNS
         # is failing is retried at most once per cache_grace, not per lookup.
         self._attempted: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._fallback = InternalCache(_FALLBACK_SIZE)
+        self._backend_down = False
+        self.backend_errors = 0  # for the metrics to come
 
     # -- the hot path -----------------------------------------------------------
 
@@ -126,8 +138,10 @@ class Responder:
         try:
             entry = await self._cache.get(domain)
         except Exception as exc:
-            _log.warning("cache read failed for %s: %s", domain, exc)
-            entry, cache_down = None, True
+            self._backend_failed("read", exc)
+            entry, cache_down = self._fallback.get_nowait(domain), True
+        else:
+            self._backend_ok()
         now = self._clock()
         if entry is not None and now < entry.expires_at:
             if now - entry.checked_at > self._grace:
@@ -136,12 +150,13 @@ class Responder:
         # No usable entry: this lookup has to wait for the network. An expired
         # entry's id is not passed on, because RFC 8461 §3.2 counts max_age
         # from the last HTTPS fetch: the body must be fetched again.
-        fresh = await self._refresh(domain, None, zone.timeout)
+        fresh, failed = await self._refresh(domain, None, zone.timeout)
         if fresh is not None:
             return self._framed(fresh, zone)
-        if cache_down:
-            # We could not see whether an enforce policy is cached, and could not
-            # fetch one either: a NOTFOUND here might downgrade, so defer instead.
+        if cache_down and failed:
+            # We could not see whether an enforce policy is cached, and the
+            # fetch failed too: NOTFOUND might downgrade, so defer instead. (A
+            # domain that publishes no policy is still answered NOTFOUND.)
             return TEMP_CACHE
         # RFC 8461 §3.3: no valid policy and nothing cached → deliver as if the
         # domain had no MTA-STS policy.
@@ -170,7 +185,7 @@ class Responder:
         known_id: str | None,
         timeout: float,
         previous: CacheEntry | None = None,
-    ) -> asyncio.Future[CacheEntry | None]:
+    ) -> asyncio.Future[_Refreshed]:
         """Fetch and store ``domain``'s policy once, however many callers wait."""
         key = (domain, known_id)
         future = self._inflight.get(key)
@@ -190,26 +205,46 @@ class Responder:
         known_id: str | None,
         timeout: float,
         previous: CacheEntry | None,
-    ) -> CacheEntry | None:
+    ) -> _Refreshed:
         """Fetch, store what is valid, and return the entry to serve (or None)."""
         try:
             result = await self._fetcher.fetch(domain, timeout, known_id)
         except Exception:
             _log.exception("policy fetch for %s crashed", domain)
-            return previous
+            return previous, True
         now = self._clock()
         entry = self._entry_from(result, domain, now, previous)
         if entry is None:
             self._log_failure(domain, result, previous)
+            failed = result.outcome is Outcome.FAILED
             # RFC 8461 §3.3: a failed refresh keeps an unexpired policy in force.
             if previous is not None and now < previous.expires_at:
-                return previous
-            return None
+                return previous, failed
+            return None, failed
         try:
             await self._cache.put(entry)
         except Exception as exc:
-            _log.warning("cache write failed for %s: %s", domain, exc)
-        return entry
+            self._backend_failed("write", exc)
+            await self._fallback.put(entry)
+        else:
+            self._backend_ok()
+        return entry, False
+
+    def _backend_failed(self, what: str, exc: Exception) -> None:
+        self.backend_errors += 1
+        if not self._backend_down:
+            self._backend_down = True
+            _log.warning(
+                "cache backend %s failed (%s); answering from fetches and an in-process "
+                "fallback cache until it is back",
+                what,
+                exc or type(exc).__name__,
+            )
+
+    def _backend_ok(self) -> None:
+        if self._backend_down:
+            self._backend_down = False
+            _log.warning("cache backend is back after %d failed calls", self.backend_errors)
 
     @staticmethod
     def _entry_from(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mtasts_fast.cache.base import CacheEntry
+from mtasts_fast.cache.base import CacheEntry, CacheUnavailable
 from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.server import ListenError
 from tests.socketmap import Running, enforce, frame, pipelined, start_daemon
@@ -197,29 +197,40 @@ async def test_max_connections(world: Any, tmp_path: Path) -> None:
         await daemon.stop()
 
 
-async def test_internal_fault_answers_temp_and_keeps_connection(world: Any, tmp_path: Path) -> None:
-    class BrokenCache(InternalCache):
-        def get_nowait(self, domain: str) -> CacheEntry | None:
-            if domain == "broken.test":
-                raise RuntimeError("disk on fire")
-            return super().get_nowait(domain)
+class _DownCache(InternalCache):
+    """A backend whose every read and write fails, as a stopped Redis would."""
 
-        async def get(self, domain: str) -> CacheEntry | None:
-            if domain == "broken.test":
-                raise RuntimeError("disk on fire")
-            return await super().get(domain)
+    def get_nowait(self, domain: str) -> CacheEntry | None:
+        raise CacheUnavailable("connection refused")
 
+    async def get(self, domain: str) -> CacheEntry | None:
+        raise CacheUnavailable("connection refused")
+
+    async def put(self, entry: CacheEntry) -> None:
+        raise CacheUnavailable("connection refused")
+
+
+async def test_backend_down_fetches_and_falls_back(world: Any, tmp_path: Path) -> None:
     daemon = await start_daemon(world, tmp_path)
-    daemon.cache = BrokenCache(100)
-    daemon.responder._cache = daemon.cache
-    await daemon.seed("enforce.test", enforce("mx1.enforce.test", "*.mail.enforce.test"))
+    daemon.responder._cache = _DownCache(100)
+    daemon.responder._sync_reads = True
     try:
         client = await daemon.connect()
-        # The cache fails and broken.test has no policy to fetch: the daemon
-        # cannot tell whether an enforce policy was cached, so it defers.
-        assert (await client.ask("postfix broken.test")).startswith(b"TEMP ")
-        assert await client.ask("postfix enforce.test") == OK_ENFORCE
-        await client.close()
+        # A domain with a policy is fetched and served; the next lookups come
+        # from the in-process fallback, not from new fetches.
+        before = world.https_requests("good.loc")
+        for _ in range(3):
+            assert await client.ask("postfix good.loc") == (
+                b"OK secure match=mail.loc servername=hostname"
+            )
+        assert world.https_requests("good.loc") == before + 1
+        # No policy published: still NOTFOUND, mail to it is not deferred.
+        assert await client.ask("postfix no-record.loc") == NOTFOUND
+        # The fetch fails and the cache cannot say whether an enforce policy
+        # was cached: defer (TEMP) rather than risk a downgrade.
+        assert (await client.ask("postfix servfail.loc")).startswith(b"TEMP ")
+        # The connection stays usable after a TEMP.
+        assert await client.ask("postfix .x") == NOTFOUND
     finally:
         await daemon.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from mtasts_fast.cache.base import SCAN_BATCH, Cache, CacheEntry, CacheUnavailable
 from mtasts_fast.config import CacheConfig
@@ -39,7 +40,13 @@ def create_cache(config: CacheConfig, filename: str) -> Cache:
             "cache.type",
             f"cache type {config.type!r} needs the Python package {exc.name!r} ({hint})",
         ) from None
-    backend: type[Cache] = getattr(module, class_name)
+    backend: Any = getattr(module, class_name)
     if config.type == "internal":
-        return backend(int(config.options["cache_size"]))  # type: ignore[call-arg]
-    return backend(config.options)  # type: ignore[call-arg]
+        cache = backend(int(config.options["cache_size"]))
+    elif config.type in ("postgres", "redis", "redis_sentinel"):
+        # These check their pass-through client options and name the file.
+        cache = backend(config.options, filename=filename)
+    else:
+        cache = backend(config.options)
+    assert isinstance(cache, Cache)
+    return cache
