@@ -1,24 +1,23 @@
-"""``mta-sts-daemon``: the socketmap server, with postfix-mta-sts-resolver's flags."""
+"""``mta-sts-daemon``: the socketmap server, with postfix-mta-sts-resolver's flags.
+
+This process checks the configuration, binds the listening sockets, writes the
+pidfile and drops privileges, then becomes the supervisor of the worker
+processes that serve (:mod:`mtasts_fast.workers`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import os
-import resource
-import signal
-import ssl
 import sys
 from collections.abc import Sequence
 
 from mtasts_fast import __version__, defaults
 from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
-from mtasts_fast.logs import LEVELS, configure_logging, reopen_log_file
+from mtasts_fast.logs import LEVELS, configure_logging
 from mtasts_fast.privileges import PrivilegeError, drop_privileges
-from mtasts_fast.sdnotify import Notifier
 
 __all__ = ["build_parser", "console_main", "main"]
 
@@ -81,122 +80,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"mta-sts-daemon: cannot open log file {args.logfile}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    _raise_fd_limit(config.max_connections)
-    if args.disable_uvloop:
-        return asyncio.run(_serve(config, args))
-    import uvloop
-
-    return uvloop.run(_serve(config, args))
+    return _run(config, args)
 
 
-async def _serve(config: Config, args: argparse.Namespace) -> int:
+def _run(config: Config, args: argparse.Namespace) -> int:
+    """Check, bind, write the pidfile, drop privileges, then supervise the workers.
+
+    Everything a worker needs that might be unreadable after the privilege
+    drop is loaded here, before it: the CA bundle, the cache backend's module,
+    the event loop and the codecs the loop loads lazily on the first
+    connection to a policy host (a Python installed under /root, say). The
+    workers are forked from this process, so they inherit all of it.
+    """
     # Imported here so that --check-config and --help stay fast.
-    # Codecs the event loop loads lazily on the first connection to a policy
-    # host; after the privilege drop the interpreter's own directory may not
-    # be readable any more (a Python installed under /root, say).
     import encodings.idna  # noqa: F401
 
-    from mtasts_fast.cache import create_cache
-    from mtasts_fast.fetcher import PolicyFetcher
-    from mtasts_fast.responder import Responder
-    from mtasts_fast.server import ListenError, SocketmapServer
+    from mtasts_fast.server import ListenError
+    from mtasts_fast.workers import Listeners, Supervisor, check_config, make_fetcher
 
-    loop = asyncio.get_running_loop()
-    notifier = Notifier()
+    if not args.disable_uvloop:
+        import uvloop  # noqa: F401
+
     try:
-        cache = create_cache(config.cache, config.filename)
+        fetcher = make_fetcher(config)
+        check_config(config)
     except ConfigError as exc:
         _log.error("%s", exc)
         return EXIT_CONFIG
     try:
-        fetcher = PolicyFetcher(nameservers=config.nameservers, ca_file=config.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        _log.error("%s: ca_file: cannot load %s: %s", config.filename, config.ca_file, exc)
-        return EXIT_CONFIG
-    if config.proactive_policy_fetching.enabled:
-        _log.warning(
-            "%s: proactive_policy_fetching is not implemented in this release; "
-            "policies are refreshed when looked up",
-            config.filename,
-        )
-    responder = Responder(config, cache, fetcher)
-    server = SocketmapServer(config, responder)
-    try:
-        await server.start()
+        listeners = Listeners.bind(config)
     except ListenError as exc:
         _log.error("%s", exc)
         return EXIT_FAILURE
     pidfile_written = False
     try:
-        if args.pidfile:
-            _write_pidfile(args.pidfile)
-            pidfile_written = True
-        drop_privileges(args.user, args.group)
-        await cache.setup()
-        await fetcher.start()
-    except (OSError, PrivilegeError) as exc:
-        _log.error("cannot start: %s", exc)
-        await server.stop(0)
-        if pidfile_written:
-            _remove_pidfile(args.pidfile)
-        return EXIT_FAILURE
-
-    stop = asyncio.Event()
-    signals_seen = 0
-
-    def on_exit_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            _log.warning(
-                "got %s, stopping gracefully (a second signal stops at once)",
-                signal.Signals(signum).name,
-            )
-            stop.set()
-        else:
-            _log.warning("got %s again, exiting now", signal.Signals(signum).name)
-            logging.shutdown()
-            os._exit(EXIT_FAILURE)
-
-    def on_hup() -> None:
-        reopen_log_file()
-        _log.info("SIGHUP: log file reopened; configuration changes take effect after a restart")
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_exit_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-
-    listening = ", ".join(_format_address(a) for a in server.addresses)
-    _log.info("mtasts-fast %s listening on %s", __version__, listening)
-    notifier.notify("READY=1", f"STATUS=answering on {listening}", f"MAINPID={os.getpid()}")
-    try:
-        await stop.wait()
+        try:
+            if args.pidfile:
+                _write_pidfile(args.pidfile)
+                pidfile_written = True
+            drop_privileges(args.user, args.group)
+        except (OSError, PrivilegeError) as exc:
+            _log.error("cannot start: %s", exc)
+            return EXIT_FAILURE
+        supervisor = Supervisor(
+            config,
+            fetcher,
+            listeners,
+            config_path=args.config,
+            use_uvloop=not args.disable_uvloop,
+        )
+        code = supervisor.run()
     finally:
-        notifier.notify("STOPPING=1", "STATUS=stopping")
-        await server.stop(config.shutdown_timeout)
-        await responder.close()
-        await fetcher.close()
-        await cache.close()
+        listeners.close()
         if pidfile_written:
             _remove_pidfile(args.pidfile)
-        notifier.close()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
+    if code == EXIT_OK:
         _log.info("stopped")
-    return EXIT_OK
-
-
-def _raise_fd_limit(max_connections: int) -> None:
-    # Every Postfix smtp(8) process holds one connection; the common soft
-    # limit of 1024 descriptors would make accept() fail long before
-    # max_connections is reached.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = max_connections + 256
-    if hard != resource.RLIM_INFINITY:
-        wanted = min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    else:
+        _log.warning("stopped with exit code %d", code)
+    return code
 
 
 def _write_pidfile(path: str) -> None:
@@ -211,13 +153,6 @@ def _remove_pidfile(path: str) -> None:
     except OSError as exc:
         # After a privilege drop the directory may not be writable any more.
         _log.debug("cannot remove pidfile %s: %s", path, exc)
-
-
-def _format_address(address: object) -> str:
-    if isinstance(address, tuple):
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"unix:{address}"
 
 
 def console_main() -> None:

@@ -18,7 +18,9 @@ LEVELS: dict[str, int] = {
     "crit": logging.CRITICAL,
 }
 
-_FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+# The process id tells the supervisor's lines from each worker's: all of them
+# write to the same file or stderr.
+_FORMAT = "%(asctime)s %(levelname)-8s [%(process)d] %(name)s: %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -43,13 +45,28 @@ def configure_logging(level: str, logfile: str | None) -> None:
     root.setLevel(LEVELS[level])
 
 
-def reopen_log_file() -> None:
-    """Reopen file handlers (after logrotate moved the file; sent by SIGHUP)."""
+def reopen_log_file() -> list[str]:
+    """Reopen file handlers (after logrotate moved the file; sent by SIGHUP).
+
+    The new file is opened before the old one is closed, so a file that
+    cannot be opened (after a privilege drop the directory may not be
+    writable) leaves logging going to the old one. Returns one message per
+    file that could not be reopened.
+    """
+    problems: list[str] = []
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.acquire()
             try:
-                handler.close()
-                handler.stream = handler._open()
+                try:
+                    stream = handler._open()
+                except OSError as exc:
+                    problems.append(f"cannot reopen log file {handler.baseFilename}: {exc}")
+                    continue
+                old = handler.stream
+                handler.stream = stream
+                if old is not None:
+                    old.close()
             finally:
                 handler.release()
+    return problems

@@ -228,16 +228,20 @@ def test_privilege_drop_after_binding(world: Any, tmp_path: Path, start: Any) ->
     nobody = pwd.getpwnam("nobody")
     # Port 841 is privileged: binding it proves the bind happens before the drop.
     port = 841
-    config, _ = _write_config(tmp_path, world, port=port)
+    config, _ = _write_config(tmp_path, world, port=port, workers=2)
     os.chmod(tmp_path, 0o755)
     os.chmod(config, 0o644)
     proc = start(config, "-u", "nobody", wait_port=port)
-    status = Path(f"/proc/{proc.pid}/status").read_text()
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    assert fields["Uid"].split() == [str(nobody.pw_uid)] * 4
-    assert fields["Gid"].split() == [str(nobody.pw_gid)] * 4
-    assert fields["Groups"].split() in ([], [str(nobody.pw_gid)])
     reply = _ask(port, b"postfix good.loc")
+    # The supervisor and every worker it forked run with all IDs dropped.
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(workers) == 2
+    for pid in [str(proc.pid), *workers]:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        assert fields["Uid"].split() == [str(nobody.pw_uid)] * 4
+        assert fields["Gid"].split() == [str(nobody.pw_gid)] * 4
+        assert fields["Groups"].split() in ([], [str(nobody.pw_gid)])
     code, out = _stop(proc)
     assert reply == b"OK secure match=mail.loc servername=hostname", out
     assert code == 0, out

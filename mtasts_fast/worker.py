@@ -1,0 +1,150 @@
+"""One worker process: a fresh event loop serving the supervisor's sockets.
+
+The worker opens the cache and the fetcher's resolver and HTTP session itself,
+after the fork (an LMDB environment or a database connection must never cross
+a fork), writes one byte to the ready pipe once it answers, prunes the cache
+now and then, and stops gracefully on SIGTERM or when the supervisor is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import socket
+from typing import Any
+
+from mtasts_fast.cache import CacheUnavailable, create_cache
+from mtasts_fast.config import Config
+from mtasts_fast.errors import ConfigError
+from mtasts_fast.fetcher import PolicyFetcher
+from mtasts_fast.logs import reopen_log_file
+from mtasts_fast.maintenance import prune_forever
+from mtasts_fast.responder import Responder
+from mtasts_fast.server import ListenError, SocketmapServer
+
+__all__ = [
+    "READY_BYTE",
+    "WORKER_EXIT_CONFIG",
+    "WORKER_EXIT_FATAL",
+    "raise_fd_limit",
+    "run_worker",
+]
+
+_log = logging.getLogger("mtasts_fast.workers")
+
+EXIT_OK = 0
+#: A worker's exit code for a configuration error only it can see (the cache
+#: backend rejects its options, say). The supervisor then exits 2.
+WORKER_EXIT_CONFIG = 3
+#: A worker's exit code for any other failure to start (the cache cannot be
+#: opened, ...). Restarting would fail again; the supervisor then exits 1.
+WORKER_EXIT_FATAL = 4
+#: Written to the ready pipe once the worker answers.
+READY_BYTE = b"R"
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Raise the soft descriptor limit to what ``max_connections`` needs."""
+    # Every Postfix smtp(8) process holds one connection; the common soft
+    # limit of 1024 descriptors would make accept() fail long before
+    # max_connections is reached.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + 256
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def run_worker(
+    number: int,
+    config: Config,
+    fetcher: PolicyFetcher,
+    sockets: list[socket.socket],
+    ready_fd: int,
+    lifeline_fd: int,
+    *,
+    use_uvloop: bool,
+) -> int:
+    """Serve ``sockets`` until SIGTERM (or EOF on ``lifeline_fd``); returns the exit code.
+
+    One byte goes to ``ready_fd`` once the worker answers.
+    """
+    raise_fd_limit(config.max_connections)
+    coro = _serve(number, config, fetcher, sockets, ready_fd, lifeline_fd)
+    if use_uvloop:
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+async def _serve(
+    number: int,
+    config: Config,
+    fetcher: PolicyFetcher,
+    sockets: list[socket.socket],
+    ready_fd: int,
+    lifeline_fd: int,
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_hup() -> None:
+        for problem in reopen_log_file():
+            _log.error("%s", problem)
+
+    def on_orphaned() -> None:
+        loop.remove_reader(lifeline_fd)
+        _log.error("worker %d: the supervisor is gone; stopping", number)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_reader(lifeline_fd, on_orphaned)
+
+    started: list[Any] = []  # what to close, in reverse order
+    try:
+        try:
+            cache = create_cache(config.cache, config.filename)
+            started.append(cache)
+            await cache.setup()
+            await fetcher.start()
+            started.append(fetcher)
+            responder = Responder(config, cache, fetcher)
+            started.append(responder)
+            server = SocketmapServer(config, responder)
+            await server.start(sockets)
+        except ConfigError as exc:
+            _log.error("worker %d: %s", number, exc)
+            return WORKER_EXIT_CONFIG
+        except (CacheUnavailable, ListenError, OSError) as exc:
+            _log.error("worker %d cannot start: %s", number, exc)
+            return WORKER_EXIT_FATAL
+        except Exception:
+            _log.exception("worker %d cannot start", number)
+            return WORKER_EXIT_FATAL
+        os.write(ready_fd, READY_BYTE)
+        os.close(ready_fd)
+        pruner = asyncio.ensure_future(prune_forever(cache))
+        await stop.wait()
+        _log.debug("worker %d stopping", number)
+        pruner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruner
+        await server.stop(config.shutdown_timeout)
+    finally:
+        for item in reversed(started):
+            try:
+                await item.close()
+            except Exception:
+                _log.exception("worker %d: error while closing %s", number, type(item).__name__)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        loop.remove_reader(lifeline_fd)
+    return EXIT_OK
