@@ -684,7 +684,13 @@ def _cache_hint(key: str) -> str | None:
 
 def _cache(value: object, path: str) -> CacheConfig:
     section = _Section(value, path, ("type", "options"), hint=_cache_hint)
-    kind = section.get("type", _cache_type, defaults.CACHE_TYPE)
+    default_kind = defaults.CACHE_TYPE
+    raw_options = section.items.get("options")
+    if isinstance(raw_options, dict) and "cache_size" in raw_options:
+        # postfix-mta-sts-resolver's default type was `internal`: its configs
+        # may size that cache without naming the type.
+        default_kind = "internal"
+    kind = section.get("type", _cache_type, default_kind)
     known, build = _CACHE_BACKENDS[kind]
 
     def hint(key: str) -> str:

@@ -17,7 +17,7 @@ from mtasts_fast import __version__, defaults
 from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.logs import LEVELS, configure_logging
-from mtasts_fast.privileges import PrivilegeError, drop_privileges
+from mtasts_fast.privileges import PrivilegeError, drop_privileges, prepare_state_dir
 
 __all__ = ["build_parser", "console_main", "main"]
 
@@ -118,6 +118,18 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             if args.pidfile:
                 _write_pidfile(args.pidfile)
                 pidfile_written = True
+            if config.cache.type == "lmdb":
+                directory = _lmdb_directory(config)
+                try:
+                    prepare_state_dir(directory, args.user, args.group)
+                except OSError as exc:
+                    _log.error(
+                        "%s: cache.options.path: cannot create %s: %s",
+                        config.filename,
+                        directory,
+                        exc.strerror or exc,
+                    )
+                    return EXIT_FAILURE
             drop_privileges(args.user, args.group)
         except (OSError, PrivilegeError) as exc:
             _log.error("cannot start: %s", exc)
@@ -139,6 +151,15 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     else:
         _log.warning("stopped with exit code %d", code)
     return code
+
+
+def _lmdb_directory(config: Config) -> str:
+    # Same rule as the LMDB backend: an existing directory or a path ending in
+    # "/" holds data.mdb; anything else names the data file itself.
+    path = str(config.cache.options["path"])
+    if path.endswith("/") or os.path.isdir(path):
+        return path
+    return os.path.dirname(os.path.abspath(path))
 
 
 def _write_pidfile(path: str) -> None:

@@ -54,9 +54,11 @@ SHUTDOWN_TIMEOUT = 20.0
 # Age (seconds) below which a cached policy is served with no DNS check.
 # Same as the old daemon.
 CACHE_GRACE = 60.0
-# The old daemon's default backend; keeping it means a config file without a
-# `cache:` section behaves as it did before.
-CACHE_TYPE = "internal"
+# The old daemon defaulted to `internal`; ours is the shared, persistent LMDB
+# file (DESIGN.md §5): every worker serves what any worker fetched, and a
+# restart starts warm. A config that names `type: internal` keeps it. The
+# daemon creates LMDB_PATH's directory (owned by the -u user) when missing.
+CACHE_TYPE = "lmdb"
 # internal: LRU capacity in entries. Same as the old daemon.
 INTERNAL_CACHE_SIZE = 10_000
 # lmdb: where the shared, memory-mapped cache file lives (the directory the old

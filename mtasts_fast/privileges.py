@@ -7,7 +7,7 @@ import logging
 import os
 import pwd
 
-__all__ = ["PrivilegeError", "drop_privileges"]
+__all__ = ["PrivilegeError", "drop_privileges", "prepare_state_dir", "target_ids"]
 
 _log = logging.getLogger(__name__)
 
@@ -30,6 +30,35 @@ def _lookup_gid(group: str) -> int:
         raise PrivilegeError(f"no such group: {group!r}") from None
 
 
+def target_ids(user: str | None, group: str | None) -> tuple[int, int]:
+    """The uid and gid ``drop_privileges(user, group)`` would switch to."""
+    account = _lookup_user(user) if user is not None else None
+    if group is not None:
+        gid = _lookup_gid(group)
+    elif account is not None:
+        gid = account.pw_gid
+    else:
+        gid = os.getegid()
+    uid = account.pw_uid if account is not None else os.geteuid()
+    return uid, gid
+
+
+def prepare_state_dir(directory: str, user: str | None, group: str | None) -> None:
+    """Create ``directory`` (0750) for files the daemon writes after the drop.
+
+    A directory created here is handed to the unprivileged user, so that a
+    default like /var/lib/mta-sts works out of the box; an existing one is
+    left exactly as the operator set it up.
+    """
+    if os.path.isdir(directory):
+        return
+    os.makedirs(directory, mode=0o750)
+    if os.geteuid() == 0 and (user is not None or group is not None):
+        uid, gid = target_ids(user, group)
+        os.chown(directory, uid, gid)
+    _log.info("created %s", directory)
+
+
 def drop_privileges(user: str | None, group: str | None) -> None:
     """Switch real, effective and saved IDs to ``user``/``group``.
 
@@ -42,14 +71,8 @@ def drop_privileges(user: str | None, group: str | None) -> None:
         if os.geteuid() == 0:
             _log.warning("running as root; use -u/--user to drop privileges after binding")
         return
+    uid, gid = target_ids(user, group)
     account = _lookup_user(user) if user is not None else None
-    if group is not None:
-        gid = _lookup_gid(group)
-    elif account is not None:
-        gid = account.pw_gid
-    else:
-        gid = os.getegid()
-    uid = account.pw_uid if account is not None else os.geteuid()
     try:
         if os.geteuid() == 0:
             os.setgroups([gid])

@@ -45,8 +45,12 @@ DEFAULTS: dict[str, object] = {
     "max_connections": 10_000,
     "shutdown_timeout": 20.0,
     "cache_grace": 60.0,
-    "cache.type": "internal",
-    "cache.options": {"cache_size": 10_000},
+    "cache.type": "lmdb",
+    "cache.options": {
+        "path": "/var/lib/mta-sts/cache.lmdb",
+        "map_size": 1 << 30,
+        "max_entries": 1_000_000,
+    },
     "proactive_policy_fetching.enabled": False,
     "proactive_policy_fetching.interval": 86400.0,
     "proactive_policy_fetching.concurrency_limit": 100,
@@ -141,10 +145,15 @@ def test_defaults_from_mapping(data: object) -> None:
 
 
 def test_example_file_documents_the_defaults() -> None:
-    # config_examples/internal.yml writes out every key with its default.
-    # `workers` defaults to the CPU count, so the file leaves it commented out.
+    # config_examples/internal.yml writes out every key with its default,
+    # except the cache: it shows the `internal` backend (the default is lmdb,
+    # in config_examples/lmdb-workers.yml). `workers` defaults to the CPU
+    # count, so the file leaves it commented out.
     config = Config.from_yaml(EXAMPLE)
-    assert same_settings(config, Config.default())
+    assert config.cache.type == "internal"
+    assert same_settings(
+        dataclasses.replace(config, cache=Config.default().cache), Config.default()
+    )
     # ...and really writes out every key (not just leaves it to the defaults).
     document = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     assert "\n# workers: " in EXAMPLE.read_text(encoding="utf-8")
@@ -614,7 +623,7 @@ REJECTED = [
     pytest.param(
         "cache: {options: {filename: /x}}",
         "cache.options.filename",
-        "cache type 'internal' takes cache_size",
+        "cache type 'lmdb' takes path, map_size, max_entries",
         id="option-of-another-cache-type",
     ),
     pytest.param("1: x", "1", "keys must be strings", id="non-string-key"),
@@ -1190,7 +1199,9 @@ def test_every_valid_document_loads(data: dict[str, Any]) -> None:
     assert config.port == data.get("port", 8461)
     assert config.path == data.get("path")
     assert set(config.zones) == set(data.get("zones", {}))
-    assert config.cache.type == data.get("cache", {}).get("type", "internal")
+    cache = data.get("cache", {})
+    sized = "cache_size" in cache.get("options", {})
+    assert config.cache.type == cache.get("type", "internal" if sized else "lmdb")
     for name, zone in config.zones.items():
         assert zone == Config.from_mapping({"default_zone": data["zones"][name]}).default_zone
 
@@ -1243,3 +1254,13 @@ def test_workers(tmp_path: Path) -> None:
     config_file.write_text("workers: 0\n")
     with pytest.raises(ConfigError, match="workers"):
         Config.from_yaml(config_file)
+
+
+def test_old_config_sizing_internal_cache_without_type(tmp_path: Path) -> None:
+    # postfix-mta-sts-resolver's default type was internal; such a config
+    # keeps meaning the internal cache although our default is lmdb.
+    config_file = tmp_path / "old.yml"
+    config_file.write_text("cache:\n  options:\n    cache_size: 500\n")
+    config = Config.from_yaml(config_file)
+    assert config.cache.type == "internal"
+    assert config.cache.options["cache_size"] == 500

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,8 @@ def _write_config(tmp_path: Path, world: Any, **settings: Any) -> tuple[Path, in
         "nameservers": [world.nameserver],
         "ca_file": world.ca_file,
         "shutdown_timeout": 2,
+        # The default backend, in a directory the daemon must create itself.
+        "cache": {"type": "lmdb", "options": {"path": str(tmp_path / "state" / "cache.lmdb")}},
     }
     data.update(settings)
     path = tmp_path / "mta-sts-daemon.yml"
@@ -220,7 +223,9 @@ def test_listen_failure_exits_1_with_reason(world: Any, tmp_path: Path, start: A
     assert f"cannot listen on 127.0.0.1:{port}" in out.decode()
 
 
-def test_privilege_drop_after_binding(world: Any, tmp_path: Path, start: Any) -> None:
+def test_privilege_drop_after_binding(
+    world: Any, tmp_path: Path, start: Any, request: pytest.FixtureRequest
+) -> None:
     if os.geteuid() != 0:
         if REQUIRE_ALL:
             pytest.fail("the privilege-drop test needs root")
@@ -228,10 +233,25 @@ def test_privilege_drop_after_binding(world: Any, tmp_path: Path, start: Any) ->
     nobody = pwd.getpwnam("nobody")
     # Port 841 is privileged: binding it proves the bind happens before the drop.
     port = 841
-    config, _ = _write_config(tmp_path, world, port=port, workers=2)
+    # pytest's temporary directories are root-only; the cache directory the
+    # daemon creates for its unprivileged user must be reachable by it.
+    shared = Path(tempfile.mkdtemp(prefix="mtasts-drop-"))
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    shared.chmod(0o755)
+    state = shared / "state" / "cache.lmdb"
+    config, _ = _write_config(
+        tmp_path,
+        world,
+        port=port,
+        workers=2,
+        cache={"type": "lmdb", "options": {"path": str(state)}},
+    )
     os.chmod(tmp_path, 0o755)
     os.chmod(config, 0o644)
     proc = start(config, "-u", "nobody", wait_port=port)
+    # The daemon created the cache directory for the user it runs as.
+    assert state.parent.stat().st_uid == nobody.pw_uid
+    assert oct(state.parent.stat().st_mode & 0o777) == oct(0o750)
     reply = _ask(port, b"postfix good.loc")
     # The supervisor and every worker it forked run with all IDs dropped.
     workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
@@ -313,3 +333,16 @@ def test_unreadable_ca_file_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "ca_file: cannot load" in result.stderr
     assert str(config) in result.stderr
+
+
+def test_uncreatable_lmdb_directory_exits_1(world: Any, tmp_path: Path, start: Any) -> None:
+    (tmp_path / "regular-file").write_text("not a directory")
+    path = tmp_path / "regular-file" / "state" / "cache.lmdb"
+    config, _ = _write_config(
+        tmp_path, world, cache={"type": "lmdb", "options": {"path": str(path)}}
+    )
+    proc = start(config)
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 1
+    assert "cache.options.path: cannot create" in out.decode()
+    assert "Traceback" not in out.decode()

@@ -404,10 +404,10 @@ def test_a_worker_that_keeps_crashing_is_restarted_with_backoff(
     [
         pytest.param(
             None,
-            {"type": "lmdb", "options": {"path": "{tmp}/regular-file/cache.lmdb"}},
+            {"type": "lmdb", "options": {"path": "{tmp}/regular-file"}},
             1,
             "cannot open the LMDB cache",
-            id="lmdb-path-under-a-regular-file",
+            id="lmdb-data-file-is-not-lmdb",
         ),
         pytest.param(
             None,
