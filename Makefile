@@ -16,7 +16,7 @@ else
 INSTALL_TARGET := .
 endif
 
-.PHONY: all venv compile debug test test-c test-py deps lint run check-config bench sdist wheels clean
+.PHONY: all venv compile debug test test-c test-py deps lint run check-config bench bench-load bench-tools sdist wheels clean
 
 all: compile
 
@@ -61,6 +61,31 @@ run: compile
 check-config: venv
 	$(VENV)/bin/mta-sts-daemon --check-config -c $(RUN_CONFIG)
 
+# --- benchmarks (benchmarks/README: `make bench`, `make bench-load`) -----------
+CC ?= cc
+BENCH_CFLAGS ?= -O2 -Wall
+ASV_ARGS ?=
+BENCH_LOAD_ARGS ?=
+ASV := $(abspath $(VENV))/bin/asv
+
+benchmarks/.build/loadgen: benchmarks/load/loadgen.c
+	@mkdir -p $(@D)
+	$(CC) $(BENCH_CFLAGS) -o $@ $<
+
+benchmarks/.build/refserver: benchmarks/load/refserver.c
+	@mkdir -p $(@D)
+	$(CC) $(BENCH_CFLAGS) -o $@ $<
+
+bench-tools: benchmarks/.build/loadgen benchmarks/.build/refserver
+
+bench: compile
+	$(PY) -m pip install --quiet --group bench
+	cd benchmarks && $(ASV) machine --yes >/dev/null
+	cd benchmarks && $(ASV) run --python=same --show-stderr $(ASV_ARGS)
+
+bench-load: compile bench-tools
+	$(PY) benchmarks/load/run.py $(BENCH_LOAD_ARGS)
+
 sdist: venv
 	$(PY) -m pip install --quiet build
 	$(PY) -m build --sdist
@@ -69,4 +94,4 @@ clean:
 	rm -rf build dist *.egg-info mtasts_fast/*.egg-info
 	rm -f mtasts_fast/_netstring.c mtasts_fast/_matcher.c mtasts_fast/*.so mtasts_fast/*.html
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
-	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis benchmarks/.build

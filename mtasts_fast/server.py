@@ -33,6 +33,7 @@ __all__ = [
     "UnixSocketFile",
     "bind_tcp",
     "bind_unix",
+    "format_address",
     "resolve_listen_address",
 ]
 
@@ -370,7 +371,7 @@ def bind_tcp(config: Config, infos: Sequence[Any]) -> list[socket.socket]:
                 sock.bind(address)
             except OSError as exc:
                 raise ListenError(
-                    f"cannot listen on {_show(address)}: {exc.strerror or exc}"
+                    f"cannot listen on {format_address(address)}: {exc.strerror or exc}"
                 ) from exc
             sock.setblocking(False)
     except BaseException:
@@ -480,9 +481,9 @@ def _owner_ids(owner: str | None, group: str | None) -> tuple[int, int]:
     return uid, gid
 
 
-def _show(address: Any) -> str:
-    if isinstance(address, tuple) and ":" in str(address[0]):
-        return f"[{address[0]}]:{address[1]}"
+def format_address(address: object) -> str:
+    """``host:port`` (``[v6]:port``) for a TCP address, ``unix:path`` otherwise."""
     if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+        host, port = str(address[0]), address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"unix:{address}"

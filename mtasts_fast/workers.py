@@ -71,6 +71,7 @@ from mtasts_fast.server import (
     UnixSocketFile,
     bind_tcp,
     bind_unix,
+    format_address,
     resolve_listen_address,
 )
 from mtasts_fast.worker import (
@@ -220,7 +221,7 @@ class Listeners:
         seen: list[str] = []
         for group in self.groups:
             for sock in group:
-                text = _format_address(sock.getsockname())
+                text = format_address(sock.getsockname())
                 if text not in seen:
                     seen.append(text)
         return ", ".join(seen)
@@ -233,13 +234,6 @@ class Listeners:
         if self.unix_file is not None:
             self.unix_file.remove()
             self.unix_file = None
-
-
-def _format_address(address: object) -> str:
-    if isinstance(address, tuple):
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"unix:{address}"
 
 
 # -- the supervisor -------------------------------------------------------------------------
