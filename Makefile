@@ -61,7 +61,7 @@ run: compile
 check-config: venv
 	$(VENV)/bin/mta-sts-daemon --check-config -c $(RUN_CONFIG)
 
-# --- benchmarks (benchmarks/README: `make bench`, `make bench-load`) -----------
+# --- benchmarks (benchmarks/load/README.md: `make bench`, `make bench-load`) ----
 CC ?= cc
 BENCH_CFLAGS ?= -O2 -Wall
 ASV_ARGS ?=
