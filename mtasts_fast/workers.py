@@ -424,7 +424,12 @@ class Supervisor:
 
     def _become_worker(self, groups: tuple[int, ...], ready_w: int) -> None:
         """In the child, before any event loop: drop what belongs to the supervisor."""
-        signal.set_wakeup_fd(-1)
+        # A signal the supervisor had received but not yet handled when it
+        # forked is still flagged in the child's copy of the interpreter;
+        # once the handlers below are reset, CPython reports it as "ignored
+        # due to race condition" with a traceback. The supervisor handles its
+        # own copy, so the child's is rightly dropped, quietly.
+        sys.unraisablehook = _quiet_inherited_signal
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # Ctrl-C goes to the whole process group; the supervisor handles it.
@@ -754,6 +759,14 @@ class Supervisor:
         if self._reload_again:  # the file may have been fixed since
             self._reload_again = False
             self._reload()
+
+
+def _quiet_inherited_signal(unraisable: sys.UnraisableHookArgs) -> None:
+    exc = unraisable.exc_value
+    if isinstance(exc, OSError) and "ignored due to race condition" in str(exc):
+        _log.debug("worker: dropped a signal meant for the supervisor: %s", exc)
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _describe_exit(code: int) -> str:
