@@ -430,6 +430,7 @@ class Supervisor:
         # due to race condition" with a traceback. The supervisor handles its
         # own copy, so the child's is rightly dropped, quietly.
         sys.unraisablehook = _quiet_inherited_signal
+        signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # Ctrl-C goes to the whole process group; the supervisor handles it.
