@@ -269,6 +269,8 @@ def test_privilege_drop_after_binding(
 
 def test_root_without_user_warns(world: Any, tmp_path: Path, start: Any) -> None:
     if os.geteuid() != 0:
+        if REQUIRE_ALL:
+            pytest.fail("the running-as-root warning test needs root")
         pytest.skip("only meaningful as root")
     config, port = _write_config(tmp_path, world)
     proc = start(config, wait_port=port)

@@ -25,6 +25,7 @@ does not stop the daemon; every failure to use the server raises
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import math
@@ -159,9 +160,9 @@ class _RedisStore(Cache):
         self._session: _Session | None = None
         self._closed = False
 
+    @abc.abstractmethod
     def _connect(self) -> redis.asyncio.Redis:
         """A client for the server; no connection is opened yet."""
-        raise NotImplementedError
 
     async def _disconnect(self) -> None:
         """Release what ``_connect`` made besides the client."""
