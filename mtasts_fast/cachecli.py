@@ -5,28 +5,34 @@
     mta-sts-cache [-c FILE] purge DOMAIN... | --all
     mta-sts-cache [-c FILE] export [FILE]        JSON lines, "-" = stdout
     mta-sts-cache [-c FILE] import [FILE]        JSON lines, "-" = stdin
+    mta-sts-cache [-c FILE] warm FILE [--concurrency N] [--force]
 
-Export/import move a cache between backends (e.g. sqlite → lmdb). Exit
-status: 0 done, 1 a named domain is not cached, 2 usage or configuration
-error, 3 the cache backend is unavailable.
+Export/import move a cache between backends (e.g. sqlite → lmdb). Warm
+prefetches a list of domains. Exit status: 0 done, 1 a named domain is not
+cached, 2 usage or configuration error, 3 the cache backend is unavailable.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import IO, Any
 
 from mtasts_fast import __version__, defaults
 from mtasts_fast.cache import Cache, CacheEntry, CacheUnavailable, create_cache
+from mtasts_fast.cache.base import FetchFailure
 from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
+from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.keys import normalise_key
 from mtasts_fast.policy import MODES, Policy
+from mtasts_fast.refresh import PolicyRefresher
 from mtasts_fast.reply import render_policy
 
 __all__ = ["build_parser", "console_main", "entry_from_json", "entry_to_json", "main"]
@@ -70,7 +76,41 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("file", nargs="?", default="-", help="output file (default: stdout)")
     load = commands.add_parser("import", help="read JSON lines written by export")
     load.add_argument("file", nargs="?", default="-", help="input file (default: stdin)")
+    warm = commands.add_parser(
+        "warm",
+        help="fetch the policies of a list of domains into the cache",
+        description="Fetch the MTA-STS policy of every domain in FILE (one per line; "
+        "blank lines and #-comments are skipped; the last field of a line counts, "
+        "so `sort | uniq -c` output works) and store it, as the daemon would.",
+    )
+    warm.add_argument("file", help='the list of domains ("-" = stdin)')
+    warm.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=WARM_CONCURRENCY,
+        help="fetches in flight at once (default: %(default)s)",
+    )
+    warm.add_argument(
+        "--force",
+        action="store_true",
+        help="fetch even domains that are cached and unexpired, or backing off after a failure",
+    )
     return parser
+
+
+# Fetches in flight for `warm`: enough to finish ten thousand domains in a few
+# minutes, few enough not to look like an attack to anyone's DNS or web server.
+WARM_CONCURRENCY = 20
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,6 +150,8 @@ async def _run(cache: Cache, config: Config, args: argparse.Namespace) -> int:
             return await _purge(cache, args.domains, args.all)
         if args.command == "export":
             return await _export(cache, args.file)
+        if args.command == "warm":
+            return await _warm(cache, config, args.file, args.concurrency, args.force)
         return await _import(cache, args.file)
     finally:
         await cache.close()
@@ -144,26 +186,62 @@ async def _list(cache: Cache, as_json: bool) -> int:
 
 async def _show(cache: Cache, config: Config, domain: str, as_json: bool) -> int:
     entry = await cache.get(domain)
-    if entry is None:
+    failure = await cache.get_failure(domain)
+    if entry is None and failure is None:
         print(f"{domain}: not cached", file=sys.stderr)
         return EXIT_NOT_FOUND
     if as_json:
-        print(json.dumps(entry_to_json(entry), indent=2))
-        return EXIT_OK
-    reply = render_policy(domain, entry.policy, config.default_zone).decode()
-    print(f"domain:      {entry.domain}")
-    print(f"policy id:   {entry.policy_id}")
-    print(f"mode:        {entry.policy.mode}")
-    print(f"max_age:     {entry.policy.max_age} s")
-    print(f"mx:          {', '.join(entry.policy.mx) or '(none)'}")
-    print(f"fetched:     {_when(entry.fetched_at)} (last HTTPS fetch)")
-    print(f"checked:     {_when(entry.checked_at)} (last TXT confirmation)")
-    print(f"expires:     {_when(entry.expires_at)}")
-    print("policy:")
-    for line in entry.policy.lines:
-        print(f"    {line}")
-    print(f"Postfix reply (default zone): {reply}")
-    return EXIT_OK
+        data: dict[str, Any] = entry_to_json(entry) if entry is not None else {"domain": domain}
+        data["last_failure"] = failure_to_json(failure) if failure is not None else None
+        print(json.dumps(data, indent=2))
+        return EXIT_OK if entry is not None else EXIT_NOT_FOUND
+    print(f"domain:      {domain}")
+    if entry is None:
+        print("policy:      (none cached)")
+    else:
+        reply = render_policy(domain, entry.policy, config.default_zone).decode()
+        print(f"policy id:   {entry.policy_id}")
+        print(f"mode:        {entry.policy.mode}")
+        print(f"max_age:     {entry.policy.max_age} s")
+        print(f"mx:          {', '.join(entry.policy.mx) or '(none)'}")
+        print(f"fetched:     {_when(entry.fetched_at)} (last HTTPS fetch)")
+        print(f"checked:     {_when(entry.checked_at)} (last TXT confirmation)")
+        print(f"expires:     {_when(entry.expires_at)}")
+        print("policy:")
+        for line in entry.policy.lines:
+            print(f"    {line}")
+        print(f"Postfix reply (default zone): {reply}")
+    if failure is not None:
+        _print_failure(failure)
+    # Status 1 still means "no policy cached", even when a failure is shown.
+    return EXIT_OK if entry is not None else EXIT_NOT_FOUND
+
+
+def _print_failure(failure: FetchFailure) -> None:
+    now = time.time()
+    if failure.retry_at > now:
+        wait = f"in {round(failure.retry_at - now)} s"
+    else:
+        wait = "at the next lookup"
+    if failure.no_policy:
+        print(f"no policy:   {_when(failure.failed_at)}: {failure.reason or 'no TXT record'}")
+    else:
+        print(
+            f"last failure: {_when(failure.failed_at)}: {failure.result_type} at "
+            f"{failure.stage}: {failure.reason} ({failure.attempts} in a row)"
+        )
+    print(f"next retry:  {_when(failure.retry_at)} ({wait})")
+
+
+def failure_to_json(failure: FetchFailure) -> dict[str, Any]:
+    return {
+        "result_type": failure.result_type,
+        "stage": failure.stage,
+        "reason": failure.reason,
+        "failed_at": failure.failed_at,
+        "retry_at": failure.retry_at,
+        "attempts": failure.attempts,
+    }
 
 
 async def _purge(cache: Cache, domains: list[str], purge_all: bool) -> int:
@@ -176,7 +254,10 @@ async def _purge(cache: Cache, domains: list[str], purge_all: bool) -> int:
     status = EXIT_OK
     for text in domains:
         domain = _domain(text)
-        if await cache.delete(domain):
+        # Forgetting a failure too lets the next lookup fetch at once.
+        had_entry = await cache.delete(domain)
+        had_failure = await cache.delete_failure(domain)
+        if had_entry or had_failure:
             print(f"{domain}: purged")
         else:
             print(f"{domain}: not cached", file=sys.stderr)
@@ -218,6 +299,119 @@ async def _import(cache: Cache, source: str) -> int:
             src.close()
     print(f"imported {count} entries", file=sys.stderr)
     return EXIT_OK
+
+
+async def _warm(cache: Cache, config: Config, source: str, concurrency: int, force: bool) -> int:
+    domains, invalid = _read_domain_list(source)
+    config = dataclasses.replace(config, max_concurrent_fetches=concurrency)
+    fetcher = PolicyFetcher(nameservers=config.nameservers, ca_file=config.ca_file)
+    await fetcher.start()
+    refresher = PolicyRefresher(config, cache, fetcher)
+    progress = Progress(len(domains), sys.stderr)
+    outcomes: dict[str, int] = {}
+    pending = iter(domains)
+    timeout = config.default_zone.timeout
+
+    def count(outcome: str) -> None:
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        progress.step()
+
+    async def work() -> None:
+        for domain in pending:
+            entry = await cache.get(domain)
+            if not force and entry is not None and time.time() < entry.expires_at:
+                count("already cached")
+                continue
+            if force:
+                await cache.delete_failure(domain)
+            fresh, _, kind = await refresher.refresh(domain, None, timeout, previous=entry)
+            if fresh is not None and fresh is not entry:
+                count(f"policy: {fresh.policy.mode}")
+            else:
+                count(kind)
+
+    try:
+        await asyncio.gather(*(work() for _ in range(min(concurrency, len(domains) or 1))))
+    finally:
+        progress.finish()
+        await fetcher.close()
+    if invalid:
+        outcomes["invalid name (skipped)"] = invalid
+    _print_summary(outcomes, len(domains) + invalid, progress.elapsed())
+    return EXIT_OK
+
+
+def _read_domain_list(source: str) -> tuple[list[str], int]:
+    """Normalised, de-duplicated domains from ``source``, and how many lines were not names."""
+    src: IO[str] = sys.stdin if source == "-" else open(source, encoding="utf-8", errors="replace")  # noqa: SIM115
+    seen: dict[str, None] = {}
+    invalid = 0
+    try:
+        for line in src:
+            text = line.split("#", 1)[0].split()
+            if not text:
+                continue
+            domain = normalise_key(text[-1].encode("utf-8", "surrogateescape"))
+            if domain is None:
+                invalid += 1
+            else:
+                seen.setdefault(domain)
+    finally:
+        if src is not sys.stdin:
+            src.close()
+    return list(seen), invalid
+
+
+class Progress:
+    """A progress bar on a terminal; a plain line every few seconds otherwise."""
+
+    WIDTH = 30
+    PLAIN_EVERY = 5.0  # seconds between lines when not a terminal
+
+    def __init__(self, total: int, out: IO[str]) -> None:
+        self._total = total
+        self._out = out
+        self._tty = out.isatty()
+        self._done = 0
+        self._started = time.monotonic()
+        self._shown = 0.0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def step(self) -> None:
+        self._done += 1
+        now = time.monotonic()
+        interval = 0.1 if self._tty else self.PLAIN_EVERY
+        if now - self._shown >= interval or self._done == self._total:
+            self._shown = now
+            self._show()
+
+    def _show(self) -> None:
+        total = max(self._total, 1)
+        rate = self._done / max(self.elapsed(), 1e-9)
+        if self._tty:
+            filled = self.WIDTH * self._done // total
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            self._out.write(
+                f"\r[{bar}] {self._done}/{self._total} {100 * self._done // total:3d}% "
+                f"{rate:6.1f}/s"
+            )
+        else:
+            self._out.write(f"warm: {self._done}/{self._total} domains done ({rate:.1f}/s)\n")
+        self._out.flush()
+
+    def finish(self) -> None:
+        if self._tty:
+            self._out.write("\n")
+            self._out.flush()
+
+
+def _print_summary(outcomes: dict[str, int], total: int, elapsed: float) -> None:
+    print(f"{'OUTCOME':<32} {'DOMAINS':>8}")
+    for name, number in sorted(outcomes.items(), key=lambda item: (-item[1], item[0])):
+        print(f"{name:<32} {number:>8}")
+    print(f"{'total':<32} {total:>8}   ({elapsed:.1f} s)")
 
 
 def entry_to_json(entry: CacheEntry) -> dict[str, Any]:

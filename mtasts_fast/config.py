@@ -82,6 +82,14 @@ class ProactiveFetchConfig:
     interval: float = float(defaults.PROACTIVE_INTERVAL)
     concurrency_limit: int = defaults.PROACTIVE_CONCURRENCY
     grace_ratio: float = defaults.PROACTIVE_GRACE_RATIO
+    # None: a tenth of ``interval`` (see :attr:`spread`).
+    jitter: float | None = defaults.PROACTIVE_JITTER
+
+    @property
+    def spread(self) -> float:
+        """Seconds a pass spreads its fetches over (``jitter``, at most half the interval)."""
+        jitter = self.interval / 10 if self.jitter is None else self.jitter
+        return min(jitter, self.interval / 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +110,9 @@ class Config:
     workers: int
     shutdown_timeout: float
     cache_grace: float
+    negative_ttl: float
+    fetch_backoff_max: float
+    max_concurrent_fetches: int
     cache: CacheConfig
     proactive_policy_fetching: ProactiveFetchConfig
     default_zone: ZoneConfig
@@ -485,7 +496,7 @@ class _Section:
 
 
 _ZONE_KEYS = ("strict_testing", "timeout", "require_sni", "tlsrpt")
-_PROACTIVE_KEYS = ("enabled", "interval", "concurrency_limit", "grace_ratio")
+_PROACTIVE_KEYS = ("enabled", "interval", "concurrency_limit", "grace_ratio", "jitter")
 _TOP_KEYS = (
     "host",
     "port",
@@ -500,6 +511,9 @@ _TOP_KEYS = (
     "workers",
     "shutdown_timeout",
     "cache_grace",
+    "negative_ttl",
+    "fetch_backoff_max",
+    "max_concurrent_fetches",
     "cache",
     "proactive_policy_fetching",
     "default_zone",
@@ -555,6 +569,7 @@ def _proactive(value: object, path: str) -> ProactiveFetchConfig:
         interval=section.get("interval", _positive, float(defaults.PROACTIVE_INTERVAL)),
         concurrency_limit=section.get("concurrency_limit", _int(1), defaults.PROACTIVE_CONCURRENCY),
         grace_ratio=section.get("grace_ratio", _positive, defaults.PROACTIVE_GRACE_RATIO),
+        jitter=section.optional("jitter", _non_negative),
     )
 
 
@@ -738,6 +753,11 @@ def _build(data: object, filename: str) -> Config:
         # daemon accepted it.
         shutdown_timeout=top.get("shutdown_timeout", _non_negative, defaults.SHUTDOWN_TIMEOUT),
         cache_grace=top.get("cache_grace", _non_negative, defaults.CACHE_GRACE),
+        negative_ttl=top.get("negative_ttl", _non_negative, defaults.NEGATIVE_TTL),
+        fetch_backoff_max=top.get("fetch_backoff_max", _positive, defaults.FETCH_BACKOFF_MAX),
+        max_concurrent_fetches=top.get(
+            "max_concurrent_fetches", _int(1), defaults.MAX_CONCURRENT_FETCHES
+        ),
         cache=_cache(top.items.get("cache"), "cache"),
         proactive_policy_fetching=_proactive(
             top.items.get("proactive_policy_fetching"), "proactive_policy_fetching"

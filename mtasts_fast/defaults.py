@@ -103,6 +103,28 @@ PROACTIVE_INTERVAL = 86400
 PROACTIVE_CONCURRENCY = 100
 # A pass skips entries younger than interval / grace_ratio.
 PROACTIVE_GRACE_RATIO = 2.0
+# New key: a pass spreads its fetches evenly over this many seconds, each at a
+# random moment in its share, so that a daily pass over a large cache is not
+# one burst. None means a tenth of the interval; at most half the interval.
+PROACTIVE_JITTER: float | None = None
+# Entries whose policy expired this long ago are dropped by a pass instead of
+# being fetched again: nobody mailed the domain for a whole max_age.
+PROACTIVE_DROP_AFTER = 86400.0
+
+# --- Fetch discipline (new keys; DESIGN.md §4 "negative caching") -------------
+
+# Seconds a "no MTA-STS policy" answer is remembered before the TXT record is
+# asked again. Short, so a domain that starts publishing a policy is seen soon.
+NEGATIVE_TTL = 300.0
+# A failed fetch (DNS error, HTTPS down, invalid policy) is retried after 60 s,
+# then after twice as long each time, up to this many seconds. RFC 8461 §3.3
+# suggests retrying a failed refresh about every five minutes.
+FETCH_BACKOFF_MIN = 60.0
+FETCH_BACKOFF_MAX = 300.0
+# Fetches in flight per worker. Lookups beyond it wait for a slot (within the
+# zone timeout): a burst of mail to a thousand new domains must not become a
+# thousand simultaneous TLS handshakes.
+MAX_CONCURRENT_FETCHES = 100
 
 # --- Network ---------------------------------------------------------------
 

@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from mtasts_fast.cache import Cache, CacheEntry
-from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.config import Config, ZoneConfig
-from mtasts_fast.fetcher import FetchResult, Outcome, PolicyFetcher
+from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.keys import normalise_key
 from mtasts_fast.netstring import encode
+from mtasts_fast.refresh import PolicyRefresher
 from mtasts_fast.reply import NOTFOUND, render_policy
 
 __all__ = ["Responder"]
@@ -40,13 +40,21 @@ _KEY_MEMO_LIMIT = 65_536
 
 _MISSING = object()
 
-# Entries kept in process while the cache backend (Redis, PostgreSQL, ...) is
-# unreachable, so an outage does not turn every lookup into a fetch.
-_FALLBACK_SIZE = 10_000
 
-# What a shared fetch hands its waiters: the entry to serve (or None) and
-# whether the fetch failed (as opposed to finding no policy).
-_Refreshed = tuple[CacheEntry | None, bool]
+class _Zone:
+    """A zone's settings as the hot path wants them."""
+
+    __slots__ = ("config", "render_key", "timeout")
+
+    def __init__(self, config: ZoneConfig) -> None:
+        self.config = config
+        self.timeout = config.timeout
+        # A reply depends on these three settings only (reply.render_policy),
+        # so zones that agree on them share the rendered reply of an entry.
+        # An int key hashes in nanoseconds; the frozen dataclass does not.
+        self.render_key = (
+            int(config.strict_testing) | int(config.require_sni) << 1 | int(config.tlsrpt) << 2
+        )
 
 
 class Responder:
@@ -64,22 +72,18 @@ class Responder:
         self._fetcher = fetcher
         self._clock = clock
         self._grace = config.cache_grace
-        self._default_zone = config.default_zone
-        self._zones: dict[bytes, ZoneConfig] = {
-            name.encode(): zone for name, zone in config.zones.items()
+        self._default_zone = _Zone(config.default_zone)
+        self._zones: dict[bytes, _Zone] = {
+            name.encode(): _Zone(zone) for name, zone in config.zones.items()
         }
         self._sync_reads = cache.synchronous_reads
         self._keys: dict[bytes, str | None] = {}
-        # One fetch per (domain, known id) at a time, shared by every lookup
-        # that needs it (DESIGN.md §2 "Coalescing").
-        self._inflight: dict[tuple[str, str | None], asyncio.Future[_Refreshed]] = {}
-        # Last background revalidation attempt per domain, so a domain whose DNS
-        # is failing is retried at most once per cache_grace, not per lookup.
+        #: Coalesced, rate-limited fetches with negative caching and backoff.
+        self.refresher = PolicyRefresher(config, cache, fetcher, clock=clock)
+        # Last background revalidation attempt per domain, so a lookup storm
+        # past cache_grace schedules one TXT check per grace, not per lookup.
         self._attempted: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._fallback = InternalCache(_FALLBACK_SIZE)
-        self._backend_down = False
-        self.backend_errors = 0  # for the metrics to come
 
     # -- the hot path -----------------------------------------------------------
 
@@ -99,12 +103,19 @@ class Responder:
             except Exception:
                 _log.exception("cache read failed for %s", domain)
                 return self._answer_slow(domain, zone)
+            now = self._clock()
             if entry is not None:
-                now = self._clock()
                 if now < entry.expires_at:
                     if now - entry.checked_at > self._grace:
                         self._revalidate_soon(entry, zone, now)
+                    reply = entry.rendered.get(zone.render_key)
+                    if reply is not None:
+                        return reply
                     return self._framed(entry, zone)
+            elif self.refresher.in_backoff(domain, now):
+                # Negatively cached, or its last fetch failed: RFC 8461 §3.3,
+                # deliver as if the domain had no policy until the retry time.
+                return NOTFOUND_REPLY
         return self._answer_slow(domain, zone)
 
     def _normalise(self, raw_key: bytes) -> str | None:
@@ -115,16 +126,16 @@ class Responder:
         return domain
 
     @staticmethod
-    def _framed(entry: CacheEntry, zone: ZoneConfig) -> bytes:
-        reply = entry.rendered.get(zone)
+    def _framed(entry: CacheEntry, zone: _Zone) -> bytes:
+        reply = entry.rendered.get(zone.render_key)
         if reply is None:
-            reply = encode(render_policy(entry.domain, entry.policy, zone))
-            entry.rendered[zone] = reply
+            reply = encode(render_policy(entry.domain, entry.policy, zone.config))
+            entry.rendered[zone.render_key] = reply
         return reply
 
     # -- misses, expired entries and asynchronous backends ---------------------------
 
-    async def _answer_slow(self, domain: str, zone: ZoneConfig) -> bytes:
+    async def _answer_slow(self, domain: str, zone: _Zone) -> bytes:
         try:
             return await self._lookup(domain, zone)
         except asyncio.CancelledError:
@@ -133,24 +144,27 @@ class Responder:
             _log.exception("internal error while answering for %s", domain)
             return TEMP_INTERNAL
 
-    async def _lookup(self, domain: str, zone: ZoneConfig) -> bytes:
+    async def _lookup(self, domain: str, zone: _Zone) -> bytes:
+        refresher = self.refresher
         cache_down = False
         try:
             entry = await self._cache.get(domain)
         except Exception as exc:
-            self._backend_failed("read", exc)
-            entry, cache_down = self._fallback.get_nowait(domain), True
+            refresher.backend_failed("read", exc)
+            entry, cache_down = refresher.fallback.get_nowait(domain), True
         else:
-            self._backend_ok()
+            refresher.backend_ok("read")
         now = self._clock()
         if entry is not None and now < entry.expires_at:
             if now - entry.checked_at > self._grace:
                 self._revalidate_soon(entry, zone, now)
             return self._framed(entry, zone)
+        if not cache_down and refresher.in_backoff(domain, now):
+            return NOTFOUND_REPLY
         # No usable entry: this lookup has to wait for the network. An expired
         # entry's id is not passed on, because RFC 8461 §3.2 counts max_age
         # from the last HTTPS fetch: the body must be fetched again.
-        fresh, failed = await self._refresh(domain, None, zone.timeout)
+        fresh, failed, _ = await refresher.refresh(domain, None, zone.timeout)
         if fresh is not None:
             return self._framed(fresh, zone)
         if cache_down and failed:
@@ -162,126 +176,33 @@ class Responder:
         # domain had no MTA-STS policy.
         return NOTFOUND_REPLY
 
-    def _revalidate_soon(self, entry: CacheEntry, zone: ZoneConfig, now: float) -> None:
+    def _revalidate_soon(self, entry: CacheEntry, zone: _Zone, now: float) -> None:
+        """Check ``entry``'s TXT id in the background; a new id fetches the body."""
         domain = entry.domain
-        if (domain, entry.policy_id) in self._inflight:
-            return
         last = self._attempted.get(domain)
         if last is not None and now - last <= self._grace:
+            return
+        if self.refresher.in_backoff(domain, now):
             return
         if len(self._attempted) >= _KEY_MEMO_LIMIT:
             self._attempted.clear()
         self._attempted[domain] = now
-        self._spawn(self._refresh(domain, entry.policy_id, zone.timeout, previous=entry))
+        self._spawn(self.refresher.refresh(domain, entry.policy_id, zone.timeout, previous=entry))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _refresh(
-        self,
-        domain: str,
-        known_id: str | None,
-        timeout: float,
-        previous: CacheEntry | None = None,
-    ) -> asyncio.Future[_Refreshed]:
-        """Fetch and store ``domain``'s policy once, however many callers wait."""
-        key = (domain, known_id)
-        future = self._inflight.get(key)
-        if future is None:
-            future = asyncio.ensure_future(
-                self._fetch_and_store(domain, known_id, timeout, previous)
-            )
-            self._inflight[key] = future
-            future.add_done_callback(lambda _f: self._inflight.pop(key, None))
-        # A caller that goes away (client disconnect, shutdown) must not cancel
-        # the fetch the other callers are waiting for.
-        return asyncio.shield(future)
-
-    async def _fetch_and_store(
-        self,
-        domain: str,
-        known_id: str | None,
-        timeout: float,
-        previous: CacheEntry | None,
-    ) -> _Refreshed:
-        """Fetch, store what is valid, and return the entry to serve (or None)."""
-        try:
-            result = await self._fetcher.fetch(domain, timeout, known_id)
-        except Exception:
-            _log.exception("policy fetch for %s crashed", domain)
-            return previous, True
-        now = self._clock()
-        entry = self._entry_from(result, domain, now, previous)
-        if entry is None:
-            self._log_failure(domain, result, previous)
-            failed = result.outcome is Outcome.FAILED
-            # RFC 8461 §3.3: a failed refresh keeps an unexpired policy in force.
-            if previous is not None and now < previous.expires_at:
-                return previous, failed
-            return None, failed
-        try:
-            await self._cache.put(entry)
-        except Exception as exc:
-            self._backend_failed("write", exc)
-            await self._fallback.put(entry)
-        else:
-            self._backend_ok()
-        return entry, False
-
-    def _backend_failed(self, what: str, exc: Exception) -> None:
-        self.backend_errors += 1
-        if not self._backend_down:
-            self._backend_down = True
-            _log.warning(
-                "cache backend %s failed (%s); answering from fetches and an in-process "
-                "fallback cache until it is back",
-                what,
-                exc or type(exc).__name__,
-            )
-
-    def _backend_ok(self) -> None:
-        if self._backend_down:
-            self._backend_down = False
-            _log.warning("cache backend is back after %d failed calls", self.backend_errors)
-
-    @staticmethod
-    def _entry_from(
-        result: FetchResult, domain: str, now: float, previous: CacheEntry | None
-    ) -> CacheEntry | None:
-        if result.outcome is Outcome.POLICY:
-            assert result.policy is not None
-            assert result.policy_id is not None
-            for warning in result.warnings:
-                _log.info("policy of %s: %s", domain, warning)
-            # A fetched ``mode: none`` replaces the cached policy at once
-            # (RFC 8461 §8.3), like any other valid policy.
-            return CacheEntry(domain, result.policy_id, result.policy, now, now)
-        if result.outcome is Outcome.NOT_CHANGED and previous is not None:
-            # Same TXT id: the policy is confirmed but not re-fetched, so its
-            # expiry (from fetched_at) does not move (RFC 8461 §3.2).
-            return CacheEntry(domain, previous.policy_id, previous.policy, previous.fetched_at, now)
-        return None
-
-    @staticmethod
-    def _log_failure(domain: str, result: FetchResult, previous: CacheEntry | None) -> None:
-        if result.outcome is Outcome.FAILED:
-            _log.warning(
-                "policy fetch for %s failed at %s (%s): %s%s",
-                domain,
-                result.stage,
-                result.result_type,
-                result.reason,
-                "; keeping the cached policy" if previous is not None else "",
-            )
-        else:
-            _log.debug("no MTA-STS policy for %s: %s", domain, result.reason)
+    @property
+    def backend_errors(self) -> int:
+        return self.refresher.backend_errors
 
     async def close(self) -> None:
-        """Cancel background revalidations (at shutdown)."""
-        for task in list(self._tasks) + list(self._inflight.values()):
+        """Cancel background revalidations and fetches (at shutdown)."""
+        for task in list(self._tasks):
             task.cancel()
-        for task in list(self._tasks) + list(self._inflight.values()):
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.refresher.close()

@@ -23,6 +23,7 @@ from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.logs import reopen_log_file
 from mtasts_fast.maintenance import prune_forever
+from mtasts_fast.proactive import ProactiveRefresher
 from mtasts_fast.responder import Responder
 from mtasts_fast.server import ListenError, SocketmapServer
 
@@ -131,12 +132,18 @@ async def _serve(
             return WORKER_EXIT_FATAL
         os.write(ready_fd, READY_BYTE)
         os.close(ready_fd)
-        pruner = asyncio.ensure_future(prune_forever(cache))
+        background = [asyncio.ensure_future(prune_forever(cache))]
+        if config.proactive_policy_fetching.enabled:
+            # Every worker competes for the pass; the cache's lease lets one run it.
+            proactive = ProactiveRefresher(config, cache, responder.refresher)
+            background.append(asyncio.ensure_future(proactive.run_forever()))
         await stop.wait()
         _log.debug("worker %d stopping", number)
-        pruner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pruner
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await server.stop(config.shutdown_timeout)
     finally:
         for item in reversed(started):

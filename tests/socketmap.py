@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,9 +109,19 @@ class Running:
 
 
 async def start_daemon(
-    world: Any, tmp_path: Any = None, *, unix: bool = False, **settings: Any
+    world: Any,
+    tmp_path: Any = None,
+    *,
+    unix: bool = False,
+    clock: Callable[[], float] = time.time,
+    cache: Any = None,
+    **settings: Any,
 ) -> Running:
-    """Start cache, fetcher, responder and server in this loop, like the daemon does."""
+    """Start cache, fetcher, responder and server in this loop, like the daemon does.
+
+    ``clock`` replaces the responder's wall clock (tests of backoff periods);
+    ``cache`` replaces the in-process cache (a shared one, say).
+    """
     data: dict[str, Any] = {"nameservers": [world.nameserver], "ca_file": world.ca_file}
     if unix:
         data["path"] = str(tmp_path / "mta-sts.sock")
@@ -120,10 +130,11 @@ async def start_daemon(
         data["port"] = free_port()
     data.update(settings)
     config = Config.from_mapping(data, "<test>")
-    cache = InternalCache(int(config.cache.options.get("cache_size", 10_000)))
+    if cache is None:
+        cache = InternalCache(int(config.cache.options.get("cache_size", 10_000)))
     fetcher = PolicyFetcher(nameservers=config.nameservers, ca_file=config.ca_file)
     await fetcher.start()
-    responder = Responder(config, cache, fetcher)
+    responder = Responder(config, cache, fetcher, clock=clock)
     server = SocketmapServer(config, responder)
     try:
         await server.start()

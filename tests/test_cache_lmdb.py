@@ -7,12 +7,14 @@ environment must not cross a fork), running the small scripts below.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import random
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -23,11 +25,17 @@ from typing import Any
 import lmdb
 import pytest
 
-from mtasts_fast.cache.base import Cache, CacheEntry, CacheUnavailable
-from mtasts_fast.cache.codec import decode_entry
-from mtasts_fast.cache.lmdb import LmdbCache
+from mtasts_fast.cache.base import Cache, CacheEntry, CacheUnavailable, FetchFailure
+from mtasts_fast.cache.codec import decode_entry, decode_failure, encode_entry
+from mtasts_fast.cache.lmdb import LmdbCache, _time_key
 from mtasts_fast.policy import Policy
-from tests.cache_contract import PersistentCacheContract, collect, make_entry
+from tests.cache_contract import (
+    CachePeer,
+    PersistentCacheContract,
+    collect,
+    make_entry,
+    make_failure,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -70,6 +78,24 @@ def check_consistency(path: str) -> int:
     assert sorted(k[8:] for k in by_expiry) == sorted(entries)
     assert sorted(k[8:] for k in by_checked) == sorted(entries)
     return len(entries)
+
+
+def check_failures(path: str) -> list[str]:
+    """Every failure record decodes and is indexed by its retry_at; return the domains."""
+    env = raw_env(path)
+    try:
+        with env.begin() as txn:
+            records = dict(txn.cursor(env.open_db(b"failures", txn, create=False)))
+            index = [k for k, _ in txn.cursor(env.open_db(b"failures_by_retry", txn, create=False))]
+    finally:
+        env.close()
+    failures = {k: decode_failure(k.decode(), v) for k, v in records.items()}
+    expected = []
+    for key, failure in failures.items():
+        assert failure is not None, f"the failure record of {key!r} does not decode"
+        expected.append(_time_key(failure.retry_at) + key)
+    assert sorted(index) == sorted(expected)
+    return sorted(k.decode() for k in failures)
 
 
 def run_script(script: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
@@ -178,6 +204,138 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 )
 
+# argv: path. Answers one JSON call per stdin line, ["method", [args...]],
+# with one JSON line holding the result (a FetchFailure as a list of fields).
+PEER_SCRIPT = (
+    PRELUDE
+    + """
+import dataclasses
+from mtasts_fast.cache.base import FetchFailure
+
+async def main(path):
+    cache = LmdbCache({"path": path, "map_size": 64 << 20, "max_entries": 100_000})
+    await cache.setup()
+    print(json.dumps("ready"), flush=True)
+    for line in sys.stdin:
+        method, args = json.loads(line)
+        if method == "put_failure":
+            args = [FetchFailure(*args[0])]
+        result = await getattr(cache, method)(*args)
+        if isinstance(result, FetchFailure):
+            result = dataclasses.astuple(result)
+        print(json.dumps(result), flush=True)
+    await cache.close()
+
+asyncio.run(main(sys.argv[1]))
+"""
+)
+
+# argv: path, owner, holds, marker file. After "go" on stdin, tries to take
+# the lease until it has held it `holds` times (for at most a minute). While
+# it holds the lease it holds the marker file too, created with O_EXCL: a
+# second holder at the same moment finds it there.
+RACE_SCRIPT = (
+    PRELUDE
+    + """
+import os
+
+async def main(path, owner, holds, marker):
+    cache = LmdbCache({"path": path, "map_size": 64 << 20, "max_entries": 1000})
+    await cache.setup()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    held = refused = overlaps = lost = 0
+    deadline = time.monotonic() + 60
+    while held < holds and time.monotonic() < deadline:
+        if not await cache.acquire_lease("race", owner, 30.0):
+            refused += 1
+            continue
+        held += 1
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            overlaps += 1
+            fd = None
+        time.sleep(0.002)  # work done under the lease
+        if not await cache.acquire_lease("race", owner, 30.0):  # a renewal
+            lost += 1
+        if fd is not None:
+            os.close(fd)
+            os.unlink(marker)
+        await cache.release_lease("race", owner)
+        await asyncio.sleep(0.001)  # let the others have a turn
+    result = {"held": held, "refused": refused, "overlaps": overlaps, "lost": lost}
+    print(json.dumps(result), flush=True)
+    await cache.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+"""
+)
+
+
+class LmdbPeer:
+    """Another process with the same LMDB file open, driven over its stdin.
+
+    One process cannot open an LMDB environment twice, and sharing between
+    processes is the point anyway.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+        self._lock = asyncio.Lock()  # one call on the pipe at a time
+
+    @classmethod
+    async def start(cls, path: str) -> LmdbPeer:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            PEER_SCRIPT,
+            path,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        peer = cls(process)
+        assert await peer._answer() == "ready"
+        return peer
+
+    async def _answer(self) -> Any:
+        assert self._process.stdout is not None
+        line = await asyncio.wait_for(self._process.stdout.readline(), 60)
+        assert line, "the peer process died"
+        return json.loads(line)
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        assert self._process.stdin is not None
+        async with self._lock:
+            self._process.stdin.write(json.dumps([method, args]).encode() + b"\n")
+            await self._process.stdin.drain()
+            return await self._answer()
+
+    async def get_failure(self, domain: str) -> FetchFailure | None:
+        fields = await self._call("get_failure", domain)
+        return None if fields is None else FetchFailure(*fields)
+
+    async def put_failure(self, failure: FetchFailure) -> None:
+        await self._call("put_failure", dataclasses.astuple(failure))
+
+    async def delete_failure(self, domain: str) -> bool:
+        result: bool = await self._call("delete_failure", domain)
+        return result
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        result: bool = await self._call("acquire_lease", name, owner, ttl)
+        return result
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self._call("release_lease", name, owner)
+
+    async def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        assert await asyncio.wait_for(self._process.wait(), 60) == 0
+
 
 @pytest.fixture(params=["file", "directory"])
 def cache_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -199,6 +357,10 @@ class TestLmdbCache(PersistentCacheContract):
         assert isinstance(cache, LmdbCache)
         await cache.close()
         return await open_cache(cache.path)
+
+    async def open_peer(self, cache: Cache) -> CachePeer:
+        assert isinstance(cache, LmdbCache)
+        return await LmdbPeer.start(cache.path)
 
 
 # -- files on disk -------------------------------------------------------------
@@ -325,7 +487,7 @@ async def test_get_nowait_returns_same_object_until_changed(tmp_path: Path) -> N
         await cache.put(make_entry("example.com", pid="one", fetched_at=1000.0))
         first = cache.get_nowait("example.com")
         assert first is not None
-        first.rendered[None] = b"memoised reply"  # type: ignore[index]
+        first.rendered[0] = b"memoised reply"
         assert cache.get_nowait("example.com") is first
         await cache.put(make_entry("example.com", pid="two", fetched_at=2000.0))
         second = cache.get_nowait("example.com")
@@ -636,5 +798,168 @@ async def test_waiting_for_another_writer_does_not_block_the_loop(tmp_path: Path
         assert waited > 0.5  # the put really waited for the other process
         assert ticks > 20  # while the loop kept running and reading
         assert cache.get_nowait("after.example") is not None
+    finally:
+        await cache.close()
+
+
+# -- failure records and leases -------------------------------------------------
+
+
+async def test_file_of_the_previous_release_opens(tmp_path: Path) -> None:
+    # The previous release made four named databases; the failure databases
+    # are added when the file is next opened.
+    path = str(tmp_path / "cache.lmdb")
+    entry = make_entry("old.example")
+    key = b"old.example"
+    env = lmdb.Environment(path, subdir=False, max_dbs=4)
+    with env.begin(write=True) as txn:
+        txn.put(key, encode_entry(entry), db=env.open_db(b"policies", txn))
+        txn.put(_time_key(entry.expires_at) + key, b"", db=env.open_db(b"by_expiry", txn))
+        txn.put(_time_key(entry.checked_at) + key, b"", db=env.open_db(b"by_checked", txn))
+        txn.put(b"proactive_ts", struct.pack(">d", 42.0), db=env.open_db(b"meta", txn))
+    env.close()
+
+    failure = make_failure("example.net")
+    cache = await open_cache(path)
+    try:
+        got = cache.get_nowait("old.example")
+        assert got is not None
+        assert got.same_as(entry)
+        assert await cache.get_proactive_ts() == 42.0
+        assert await cache.get_failure("old.example") is None
+        await cache.put_failure(failure)
+        assert await cache.get_failure("example.net") == failure
+        assert await cache.acquire_lease("refresh", "new-release", 60)
+    finally:
+        await cache.close()
+    # A process of the previous release (max_dbs=4, raw_env) still reads it.
+    assert check_consistency(path) == 1
+    assert check_failures(path) == ["example.net"]
+
+
+async def test_failure_records_are_bounded_oldest_retry_first(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    now = time.time()
+    cache = await open_cache(path, max_entries=5)  # a batch of one
+    try:
+        for i in range(5):
+            await cache.put(make_entry(f"e{i}.example"))
+            await cache.put_failure(make_failure(f"f{i}.example", retry_at=now + 100 + i))
+        # Rewritten with a later retry time: f0 is no longer the oldest.
+        await cache.put_failure(make_failure("f0.example", retry_at=now + 1000))
+        await cache.put_failure(make_failure("new.example", retry_at=now + 50))
+        assert await cache.get_failure("f1.example") is None
+        # Failure records and policies are bounded separately.
+        assert len([e for b in await collect(cache, 10) for e in b]) == 5
+    finally:
+        await cache.close()
+    assert check_failures(path) == [
+        "f0.example",
+        "f2.example",
+        "f3.example",
+        "f4.example",
+        "new.example",
+    ]
+    assert check_consistency(path) == 5
+
+
+async def test_failures_are_pruned_in_several_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    now = time.time()
+    monkeypatch.setattr("mtasts_fast.cache.lmdb.WRITE_BATCH", 3)
+    cache = await open_cache(path)
+    transactions = 0
+    prune_failures = cache._prune_failures_txn
+
+    def counting(txn: Any, limit: bytes) -> bool:
+        nonlocal transactions
+        transactions += 1
+        return prune_failures(txn, limit)
+
+    monkeypatch.setattr(cache, "_prune_failures_txn", counting)
+    try:
+        for i in range(10):
+            await cache.put_failure(make_failure(f"stale{i}.example", retry_at=1000.0 + i))
+        await cache.put_failure(make_failure("kept.example", retry_at=now))
+        # A record rewritten with a later retry time is judged by the new one.
+        await cache.put_failure(make_failure("moved.example", retry_at=1000.0))
+        await cache.put_failure(make_failure("moved.example", retry_at=now + 60))
+        assert await cache.prune(now) == 0  # no policy entries
+        assert transactions >= 4
+    finally:
+        await cache.close()
+    assert check_failures(path) == ["kept.example", "moved.example"]
+
+
+async def test_purge_empties_the_failure_index_and_keeps_leases(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path)
+    try:
+        for i in range(20):
+            await cache.put_failure(make_failure(f"f{i}.example"))
+        await cache.put(make_entry("a.example"))
+        assert await cache.acquire_lease("refresh", "worker-1", 60)
+        assert await cache.purge() == 1
+        assert not await cache.acquire_lease("refresh", "worker-2", 60)
+    finally:
+        await cache.close()
+    assert check_failures(path) == []
+    assert check_consistency(path) == 0
+
+
+async def test_full_map_evicts_failure_records_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mtasts_fast.cache.lmdb")
+    path = str(tmp_path / "cache.lmdb")
+    now = time.time()
+    names = [f"f{i}.example" for i in range(5)]  # oldest retry time first
+    cache = await open_cache(path, map_size=MiB)
+    try:
+        for i, name in enumerate(names):
+            await cache.put_failure(make_failure(name, retry_at=now + i))
+        # Larger than the map: evicting is tried before growing.
+        await cache.put(big_entry("large.example", 3 * MiB // 2))
+        assert await cache.get("large.example") is not None
+        assert "failure records" in caplog.text
+        assert await cache.get_failure(names[0]) is None
+    finally:
+        await cache.close()
+    left = check_failures(path)
+    assert left == names[len(names) - len(left) :]  # the most recent retry times stay
+
+
+async def test_lease_taken_by_one_process_at_a_time(tmp_path: Path) -> None:
+    # Real processes racing for one lease: LMDB's writer lock must make
+    # reading, judging and rewriting it one step.
+    path = str(tmp_path / "cache.lmdb")
+    marker = str(tmp_path / "holder")
+    cache = await open_cache(path)  # made once, so that the children race only on the lease
+    await cache.close()
+    children = [
+        run_script(RACE_SCRIPT, path, f"worker-{n}", "30", marker, stdin=subprocess.PIPE)
+        for n in range(3)
+    ]
+    for child in children:
+        assert child.stdout is not None
+        assert await asyncio.to_thread(child.stdout.readline) == "ready\n"
+    for child in children:  # go, all at once
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    results = []
+    for child in children:
+        out, _ = await asyncio.to_thread(child.communicate, timeout=300)
+        assert child.returncode == 0
+        results.append(json.loads(out))
+    assert [r["overlaps"] for r in results] == [0, 0, 0], results
+    assert [r["lost"] for r in results] == [0, 0, 0], results
+    assert [r["held"] for r in results] == [30, 30, 30], results
+    assert sum(r["refused"] for r in results) > 0, results  # they did contend
+    cache = await open_cache(path)
+    try:
+        assert await cache.acquire_lease("race", "parent", 60)  # released by all
     finally:
         await cache.close()

@@ -22,11 +22,17 @@ import pytest
 
 from mtasts_fast.cache import create_cache
 from mtasts_fast.cache.base import Cache, CacheUnavailable
-from mtasts_fast.cache.codec import encode_entry
+from mtasts_fast.cache.codec import encode_entry, encode_failure
 from mtasts_fast.cache.postgres import RETRY_INTERVAL, PostgresCache
 from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
-from tests.cache_contract import PersistentCacheContract, collect, make_entry
+from tests.cache_contract import (
+    CachePeer,
+    PersistentCacheContract,
+    collect,
+    make_entry,
+    make_failure,
+)
 from tests.servers.postgres import PostgresServer, PostgresUnavailable
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config_examples" / "postgres.yml"
@@ -146,6 +152,12 @@ class TestPostgresCache(PersistentCacheContract):
         await again.setup()
         return again
 
+    async def open_peer(self, cache: Cache) -> CachePeer:
+        # Its own pool of connections: what another host has.
+        peer = PostgresCache(self.options)
+        await peer.setup()
+        return peer
+
 
 # --- tables --------------------------------------------------------------------------
 
@@ -255,6 +267,115 @@ async def test_a_dropped_table_is_made_again(
         await cache.close()
 
 
+# The tables of the first release, before failure records and leases.
+FIRST_RELEASE_SCHEMA = (
+    """CREATE TABLE mtasts_policy (
+        domain TEXT COLLATE "C" PRIMARY KEY,
+        checked_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        entry BYTEA NOT NULL
+    )""",
+    "CREATE INDEX mtasts_policy_expires_at ON mtasts_policy (expires_at)",
+    "CREATE TABLE mtasts_meta (name TEXT PRIMARY KEY, value DOUBLE PRECISION NOT NULL)",
+)
+
+
+async def test_database_of_the_first_release_gets_the_new_tables(
+    postgres_server: PostgresServer, database: str
+) -> None:
+    entry = make_entry("old.example", fetched_at=1000.0, checked_at=1500.0)
+    await admin(postgres_server, *FIRST_RELEASE_SCHEMA, database=database)
+    conn = await asyncpg.connect(postgres_server.dsn(database))
+    try:
+        await conn.execute(
+            "INSERT INTO mtasts_policy VALUES ($1, $2, $3, $4)",
+            "old.example",
+            1500.0,
+            entry.expires_at,
+            encode_entry(entry),
+        )
+    finally:
+        await conn.close()
+    failure = make_failure("example.net")
+    cache = await open_cache(postgres_server, database)
+    try:
+        got = await cache.get("old.example")
+        assert got is not None
+        assert got.same_as(entry)
+        await cache.put_failure(failure)
+        assert await cache.get_failure("example.net") == failure
+        assert await cache.acquire_lease("refresh", "a", 60)
+    finally:
+        await cache.close()
+
+
+async def test_stored_failure_and_lease_rows(
+    postgres_server: PostgresServer, database: str
+) -> None:
+    failure = make_failure("example.com", retry_at=time.time() + 300.5)
+    cache = await open_cache(postgres_server, database)
+    try:
+        await cache.put_failure(failure)
+        assert await cache.acquire_lease("refresh", "host-1:42", 60.0)
+    finally:
+        await cache.close()
+    failures = await query(
+        postgres_server, database, "SELECT domain, data, retry_at FROM mtasts_failures"
+    )
+    assert failures == [("example.com", encode_failure(failure), failure.retry_at)]
+    # The expiry is on the server's clock.
+    leases = await query(
+        postgres_server,
+        database,
+        "SELECT name, owner, expires_at - extract(epoch FROM now())::double precision"
+        " FROM mtasts_leases",
+    )
+    [(name, owner, left)] = leases
+    assert (name, owner) == ("refresh", "host-1:42")
+    assert 50.0 < left <= 60.0
+
+
+async def test_a_host_whose_clock_runs_ahead_cannot_take_a_lease_early(
+    postgres_server: PostgresServer, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hosts of a fleet may disagree about the time; the server's clock decides.
+    one = await open_cache(postgres_server, database)
+    two = await open_cache(postgres_server, database)
+    try:
+        assert await one.acquire_lease("refresh", "one", 60)
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
+        assert not await two.acquire_lease("refresh", "two", 60)
+        monkeypatch.undo()
+        assert await one.acquire_lease("refresh", "one", 60)
+    finally:
+        await one.close()
+        await two.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [pytest.param(b"\xc1garbage", id="not-msgpack"), pytest.param(b"", id="empty")],
+)
+async def test_failure_rows_that_do_not_decode_read_as_missing(
+    postgres_server: PostgresServer, database: str, value: bytes
+) -> None:
+    cache = await open_cache(postgres_server, database)
+    try:
+        await cache.get_failure("bad.example")  # makes the tables
+        conn = await asyncpg.connect(postgres_server.dsn(database))
+        try:
+            await conn.execute("INSERT INTO mtasts_failures VALUES ('bad.example', $1, 0)", value)
+        finally:
+            await conn.close()
+        assert await cache.get_failure("bad.example") is None
+        failure = make_failure("bad.example")
+        await cache.put_failure(failure)
+        assert await cache.get_failure("bad.example") == failure
+    finally:
+        await cache.close()
+
+
 # --- a fleet on one database ------------------------------------------------------------
 
 
@@ -309,7 +430,12 @@ async def test_hosts_starting_together_make_the_schema_once(
         database,
         "SELECT tablename FROM pg_tables WHERE tablename LIKE 'mtasts%' ORDER BY 1",
     )
-    assert tables == [("mtasts_meta",), ("mtasts_policy",)]
+    assert tables == [
+        ("mtasts_failures",),
+        ("mtasts_leases",),
+        ("mtasts_meta",),
+        ("mtasts_policy",),
+    ]
 
 
 async def test_a_role_without_create_rights_uses_tables_made_for_it(
@@ -332,7 +458,8 @@ async def test_a_role_without_create_rights_uses_tables_made_for_it(
     await owner.close()
     await admin(
         postgres_server,
-        f'GRANT SELECT, INSERT, UPDATE, DELETE ON mtasts_policy, mtasts_meta TO "{role}"',
+        "GRANT SELECT, INSERT, UPDATE, DELETE"
+        f' ON mtasts_policy, mtasts_meta, mtasts_failures, mtasts_leases TO "{role}"',
         database=database,
     )
     cache = await open_cache(postgres_server, database, user=role)
@@ -341,6 +468,12 @@ async def test_a_role_without_create_rights_uses_tables_made_for_it(
         assert await cache.get("example.com") is not None
         await cache.set_proactive_ts(5.0)
         assert await cache.get_proactive_ts() == 5.0
+        failure = make_failure("example.com")
+        await cache.put_failure(failure)
+        assert await cache.get_failure("example.com") == failure
+        assert await cache.acquire_lease("refresh", "a", 60)
+        assert await cache.prune(time.time()) == 0
+        assert await cache.purge() == 1
     finally:
         await cache.close()
 
@@ -463,6 +596,10 @@ async def test_server_stopped_and_restarted(postgres_server: PostgresServer, dat
                 cache.put(make_entry("other.example")),
                 cache.get("example.com"),
                 cache.set_proactive_ts(1.0),
+                cache.get_failure("example.com"),
+                cache.put_failure(make_failure("example.com")),
+                cache.acquire_lease("refresh", "a", 60),
+                cache.release_lease("refresh", "a"),
             ):
                 elapsed, result = await timed(call)
                 assert isinstance(result, CacheUnavailable), result

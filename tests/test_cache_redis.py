@@ -16,8 +16,15 @@ from typing import Any, NoReturn
 
 import pytest
 
-from mtasts_fast.cache.base import Cache, CacheUnavailable
-from tests.cache_contract import PersistentCacheContract, collect, make_entry
+from mtasts_fast.cache.base import FAILURE_RETENTION, Cache, CacheUnavailable
+from mtasts_fast.cache.codec import encode_failure
+from tests.cache_contract import (
+    CachePeer,
+    PersistentCacheContract,
+    collect,
+    make_entry,
+    make_failure,
+)
 from tests.servers.redis import RedisSentinel, RedisServer, RedisUnavailable
 
 _REQUIRE_ALL = os.environ.get("MTASTS_REQUIRE_ALL", "").strip() not in ("", "0")
@@ -31,6 +38,8 @@ except ImportError as exc:  # the `redis` extra is not installed
 
 from mtasts_fast.cache import create_cache  # noqa: E402
 from mtasts_fast.cache.redis import (  # noqa: E402
+    FAILURE_PREFIX,
+    LEASE_PREFIX,
     META_KEY,
     POLICY_PREFIX,
     RETENTION,
@@ -148,6 +157,9 @@ class TestRedisCache(PersistentCacheContract):
         await cache.close()
         return await _open(RedisCache(self.options))
 
+    async def open_peer(self, cache: Cache) -> CachePeer:
+        return await _open(RedisCache(self.options))  # another relay's client
+
 
 class TestRedisSentinelCache(PersistentCacheContract):
     @pytest.fixture
@@ -164,6 +176,9 @@ class TestRedisSentinelCache(PersistentCacheContract):
 
     async def reopen(self, cache: Cache) -> Cache:
         await cache.close()
+        return await _open(RedisSentinelCache(self.options))
+
+    async def open_peer(self, cache: Cache) -> CachePeer:
         return await _open(RedisSentinelCache(self.options))
 
 
@@ -305,6 +320,103 @@ async def test_junk_under_our_prefix_reads_as_missing(
         assert got.same_as(entry)
     else:
         assert got is None
+
+
+@pytest.mark.parametrize(
+    ("retry_in", "expected_ttl"),
+    [
+        pytest.param(300, 300 + FAILURE_RETENTION, id="retry-ahead-kept-retention-after-it"),
+        pytest.param(-3600, FAILURE_RETENTION - 3600, id="retry-passed-kept-what-is-left"),
+    ],
+)
+async def test_failure_key_layout_and_expiry(
+    cache: RedisCache, redis_server: RedisServer, retry_in: float, expected_ttl: float
+) -> None:
+    failure = make_failure("example.com", retry_at=time.time() + retry_in)
+    await cache.put_failure(failure)
+    key = FAILURE_PREFIX + b"example.com"
+    assert key == b"mtasts:failure:example.com"
+    assert redis_server.command("GET", key, db=3) == encode_failure(failure)
+    ttl = redis_server.command("TTL", key, db=3)
+    assert expected_ttl - 5 <= ttl <= expected_ttl + 1
+
+
+async def test_failure_past_its_retention_is_not_kept(
+    cache: RedisCache, redis_server: RedisServer
+) -> None:
+    now = time.time()
+    await cache.put_failure(make_failure("example.com", retry_at=now + 300))
+    # Replaced by a record whose retention is already over: both are gone.
+    await cache.put_failure(make_failure("example.com", retry_at=now - FAILURE_RETENTION - 1))
+    assert redis_server.command("EXISTS", FAILURE_PREFIX + b"example.com", db=3) == 0
+    assert await cache.get_failure("example.com") is None
+
+
+async def test_lease_key_layout_and_expiry(cache: RedisCache, redis_server: RedisServer) -> None:
+    assert await cache.acquire_lease("refresh", "host-1:42", 60.0)
+    key = LEASE_PREFIX + b"refresh"
+    assert key == b"mtasts:lease:refresh"
+    assert redis_server.command("GET", key, db=3) == b"host-1:42"
+    assert 59_000 < redis_server.command("PTTL", key, db=3) <= 60_000
+    assert await cache.acquire_lease("refresh", "host-1:42", 0.5)  # a renewal sets the TTL
+    assert 0 < redis_server.command("PTTL", key, db=3) <= 500
+    await cache.release_lease("refresh", "host-1:42")
+    assert redis_server.command("EXISTS", key, db=3) == 0
+
+
+async def test_a_relay_whose_clock_runs_ahead_cannot_take_a_lease_early(
+    cache: RedisCache, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Relays may disagree about the time; the key's TTL on the server decides.
+    other = await _open(RedisCache(_redis_options(redis_server)))
+    try:
+        assert await cache.acquire_lease("refresh", "one", 60)
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
+        assert not await other.acquire_lease("refresh", "two", 60)
+    finally:
+        monkeypatch.undo()
+        await other.close()
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [pytest.param(("HSET", "f", "v"), id="hash"), pytest.param(("RPUSH", "x"), id="list")],
+)
+async def test_foreign_keys_under_our_failure_and_lease_names(
+    cache: RedisCache, redis_server: RedisServer, junk: tuple[str, ...]
+) -> None:
+    command, *args = junk
+    failure_key, lease_key = FAILURE_PREFIX + b"junk.example", LEASE_PREFIX + b"refresh"
+    redis_server.command(command, failure_key, *args, db=3)
+    redis_server.command(command, lease_key, *args, db=3)
+    assert await cache.get_failure("junk.example") is None
+    failure = make_failure("junk.example")
+    await cache.put_failure(failure)
+    assert await cache.get_failure("junk.example") == failure
+    await cache.release_lease("refresh", "a")  # not a lease of a's: left alone
+    assert redis_server.command("TYPE", lease_key, db=3) == (
+        "hash" if command == "HSET" else "list"
+    )
+    assert await cache.acquire_lease("refresh", "a", 60)  # not a lease at all: replaced
+    assert redis_server.command("GET", lease_key, db=3) == b"a"
+
+
+async def test_purge_deletes_failure_keys_only_ours(
+    cache: RedisCache, redis_server: RedisServer
+) -> None:
+    _seed_old_daemon_keys(redis_server)
+    before = _foreign_state(redis_server)
+    await cache.put(make_entry("example.com"))
+    for i in range(3):
+        await cache.put_failure(make_failure(f"f{i}.example"))
+    assert await cache.acquire_lease("refresh", "a", 60)
+    await cache.set_proactive_ts(5.0)
+    assert await cache.purge() == 1
+    assert redis_server.command("KEYS", "mtasts:failure:*", db=3) == []
+    assert redis_server.command("EXISTS", LEASE_PREFIX + b"refresh", db=3) == 1
+    assert await cache.get_proactive_ts() == 5.0
+    assert _foreign_state(redis_server) == before
 
 
 async def test_scan_dedupes_keys_returned_twice(
@@ -500,6 +612,11 @@ async def test_killed_server_then_restarted(own_redis: RedisServer) -> None:
             lambda: cache.prune(time.time()),
             cache.get_proactive_ts,
             lambda: cache.set_proactive_ts(1.0),
+            lambda: cache.get_failure("example.com"),
+            lambda: cache.put_failure(make_failure("example.com")),
+            lambda: cache.delete_failure("example.com"),
+            lambda: cache.acquire_lease("refresh", "a", 60),
+            lambda: cache.release_lease("refresh", "a"),
         ]
         for call in calls:
             await _raises_unavailable_quickly(call)

@@ -19,10 +19,16 @@ import pytest
 
 from mtasts_fast.cache import create_cache
 from mtasts_fast.cache.base import Cache, CacheUnavailable
-from mtasts_fast.cache.codec import encode_entry
+from mtasts_fast.cache.codec import encode_entry, encode_failure
 from mtasts_fast.cache.sqlite import FILE_MODE, SqliteCache
 from mtasts_fast.config import Config
-from tests.cache_contract import PersistentCacheContract, collect, make_entry
+from tests.cache_contract import (
+    CachePeer,
+    PersistentCacheContract,
+    collect,
+    make_entry,
+    make_failure,
+)
 
 pytestmark = pytest.mark.usefixtures("collect_garbage")
 
@@ -60,6 +66,10 @@ class TestSqliteCache(PersistentCacheContract):
 
     async def reopen(self, cache: Cache) -> Cache:
         await cache.close()
+        return await open_cache(self.path)
+
+    async def open_peer(self, cache: Cache) -> CachePeer:
+        # Its own connections and threads: what another worker has.
         return await open_cache(self.path)
 
 
@@ -109,14 +119,19 @@ async def test_write_lock_held_elsewhere_fails_writes_in_time_reads_go_on(tmp_pa
     cache = await open_cache(path, timeout=0.5)
     try:
         await cache.put(make_entry("kept.example"))
+        await cache.put_failure(make_failure("kept.example"))
         with lock_held(path, "BEGIN EXCLUSIVE"):
             message = await fails_within(cache.put(make_entry("new.example")), 0.3, 2.0)
             assert str(path) in message
             await fails_within(cache.delete("kept.example"), 0.3, 2.0)
             await fails_within(cache.prune(time.time()), 0.3, 2.0)
             await fails_within(cache.set_proactive_ts(1.0), 0.3, 2.0)
+            await fails_within(cache.put_failure(make_failure("new.example")), 0.3, 2.0)
+            await fails_within(cache.acquire_lease("refresh", "a", 60), 0.3, 2.0)
+            await fails_within(cache.release_lease("refresh", "a"), 0.3, 2.0)
             # WAL: readers do not wait for a writer, even an exclusive one.
             assert await cache.get("kept.example") is not None
+            assert await cache.get_failure("kept.example") is not None
             assert [len(b) for b in await collect(cache, 10)] == [1]
         await cache.put(make_entry("new.example"))
         assert await cache.get("new.example") is not None
@@ -317,6 +332,90 @@ async def test_stored_value_is_the_codec_bytes(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         row = conn.execute("SELECT checked_at, expires_at, entry FROM mtasts_policy").fetchone()
     assert row == (1500.0, 1060.0, encode_entry(entry))
+
+
+# The tables of the first release, before failure records and leases.
+FIRST_RELEASE_SCHEMA = (
+    """CREATE TABLE mtasts_policy (
+        domain TEXT NOT NULL PRIMARY KEY,
+        checked_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        entry BLOB NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX mtasts_policy_expires_at ON mtasts_policy (expires_at)",
+    "CREATE TABLE mtasts_meta (name TEXT NOT NULL PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID",
+)
+
+
+async def test_file_of_the_first_release_gets_the_new_tables(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    entry = make_entry("old.example", fetched_at=1000.0, checked_at=1500.0)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for statement in FIRST_RELEASE_SCHEMA:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO mtasts_policy VALUES (?, ?, ?, ?)",
+            ("old.example", 1500.0, entry.expires_at, encode_entry(entry)),
+        )
+        conn.commit()
+    failure = make_failure("example.net")
+    cache = await open_cache(path)
+    try:
+        got = await cache.get("old.example")
+        assert got is not None
+        assert got.same_as(entry)
+        await cache.put_failure(failure)
+        assert await cache.get_failure("example.net") == failure
+        assert await cache.acquire_lease("refresh", "a", 60)
+    finally:
+        await cache.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"mtasts_failures", "mtasts_failures_retry_at", "mtasts_leases"} <= names
+
+
+async def test_stored_failure_and_lease_rows(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    failure = make_failure("example.com", retry_at=time.time() + 300.5)
+    cache = await open_cache(path)
+    try:
+        await cache.put_failure(failure)
+        before = time.time()
+        assert await cache.acquire_lease("refresh", "host-1:42", 60.0)
+        after = time.time()
+    finally:
+        await cache.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        failures = conn.execute("SELECT domain, data, retry_at FROM mtasts_failures").fetchall()
+        leases = conn.execute("SELECT name, owner, expires_at FROM mtasts_leases").fetchall()
+    assert failures == [("example.com", encode_failure(failure), failure.retry_at)]
+    [(name, owner, expires_at)] = leases
+    assert (name, owner) == ("refresh", "host-1:42")
+    assert before + 60.0 <= expires_at <= after + 60.0  # wall-clock seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(b"\xc1garbage", id="not-msgpack"),
+        pytest.param("text, not bytes", id="text-value"),
+    ],
+)
+async def test_failure_rows_that_do_not_decode_read_as_missing(
+    tmp_path: Path, value: object
+) -> None:
+    path = tmp_path / "cache.db"
+    cache = await open_cache(path)
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("INSERT INTO mtasts_failures VALUES ('bad.example', ?, 0)", (value,))
+            conn.commit()
+        assert await cache.get_failure("bad.example") is None
+        failure = make_failure("bad.example")
+        await cache.put_failure(failure)
+        assert await cache.get_failure("bad.example") == failure
+    finally:
+        await cache.close()
 
 
 # --- several workers on one file -------------------------------------------------

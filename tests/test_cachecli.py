@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mtasts_fast.cache import create_cache
-from mtasts_fast.cachecli import entry_from_json, entry_to_json, main
+from mtasts_fast.cachecli import Progress, entry_from_json, entry_to_json, main
 from mtasts_fast.config import Config
 from tests.cache_contract import make_entry
+from tests.servers.world import World
 
 
 @pytest.fixture
@@ -97,3 +100,129 @@ def test_purge_needs_domains_or_all(config_file: Path, capsys: pytest.CaptureFix
 def test_json_round_trip() -> None:
     entry = make_entry("example.com", fetched_at=5.0, checked_at=6.0)
     assert entry_from_json(json.loads(json.dumps(entry_to_json(entry)))).same_as(entry)
+
+
+# -- warm, and show with a failure record ---------------------------------------------
+
+
+@pytest.fixture
+def warm_config(world: World, tmp_path: Path) -> Path:
+    path = tmp_path / "warm.yml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "nameservers": [world.nameserver],
+                "ca_file": world.ca_file,
+                "cache": {"type": "lmdb", "options": {"path": str(tmp_path / "warm.lmdb")}},
+                "default_zone": {"timeout": 3},
+            }
+        )
+    )
+    return path
+
+
+def test_warm_fetches_a_list_and_prints_a_summary(
+    world: World, warm_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = world.fresh_domain("warm")
+    world.add_domain(good, policy=World.policy_text("enforce", ["mail.loc"]))
+    testing = world.fresh_domain("warm")
+    world.add_domain(testing, policy=World.policy_text("testing", ["mail.loc"]))
+    absent = world.fresh_domain("warm")
+    world.add_domain(absent, txt=None)
+    down = world.fresh_domain("warm")
+    world.add_domain(down, policy=World.policy_text("enforce", ["mail.loc"]), status=503)
+    listing = tmp_path / "domains.txt"
+    listing.write_text(
+        "# top recipient domains\n"
+        f"{good}\n"
+        f"  1200 {good.upper()}.\n"  # `uniq -c` output, another spelling: one fetch
+        f"{testing}\n\n"
+        f"{absent}\n"
+        f"{down}\n"
+        "[192.0.2.1]\n"
+    )
+    assert main(["-c", str(warm_config), "warm", str(listing)]) == 0
+    captured = capsys.readouterr()
+    summary = _summary(captured.out)
+    assert summary == {
+        "policy: enforce": 1,
+        "policy: testing": 1,
+        "no-policy": 1,
+        "sts-policy-fetch-error": 1,
+        "invalid name (skipped)": 1,
+        "total": 5,
+    }
+    # Not a terminal: plain progress lines, the last one complete.
+    assert "warm: 4/4 domains done" in captured.err
+    assert world.https_requests(good) == 1
+
+    # `show` tells what went wrong with the failing domain and when it is retried.
+    # Status 1: no policy is cached for it, but what is known is shown.
+    assert main(["-c", str(warm_config), "show", down]) == 1
+    out = capsys.readouterr().out
+    assert "policy:      (none cached)" in out
+    assert "last failure:" in out
+    assert "sts-policy-fetch-error at https" in out
+    assert "HTTP status 503" in out
+    assert "next retry:" in out
+    assert main(["-c", str(warm_config), "show", "--json", down]) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["last_failure"]["attempts"] == 1
+    assert shown["last_failure"]["retry_at"] > time.time()
+
+    # A second run leaves fresh entries alone and respects the backoff...
+    assert main(["-c", str(warm_config), "warm", str(listing)]) == 0
+    summary = _summary(capsys.readouterr().out)
+    assert summary["already cached"] == 2
+    assert summary["backoff"] == 2
+    assert world.https_requests(good) == 1
+    assert world.https_requests(down) == 1
+    # ...unless forced.
+    assert main(["-c", str(warm_config), "warm", "--force", str(listing)]) == 0
+    summary = _summary(capsys.readouterr().out)
+    assert summary["policy: enforce"] == 1
+    assert world.https_requests(good) == 2
+    assert world.https_requests(down) == 2
+
+    # Purging a domain forgets its failure too, so the daemon fetches at once.
+    assert main(["-c", str(warm_config), "purge", down]) == 0
+    assert main(["-c", str(warm_config), "show", down]) == 1
+    assert "last failure" not in capsys.readouterr().out
+
+
+def _summary(out: str) -> dict[str, int]:
+    rows: dict[str, int] = {}
+    for line in out.splitlines()[1:]:
+        name, _, rest = line.rpartition(" ")
+        if line.startswith("total"):
+            name, number = "total", line.split()[1]
+        else:
+            number = rest
+        rows[name.strip()] = int(number)
+    return rows
+
+
+def test_warm_progress_bar_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    progress = Progress(4, out)
+    for _ in range(4):
+        progress.step()
+    progress.finish()
+    text = out.getvalue()
+    assert text.startswith("\r[")
+    assert f"[{'#' * Progress.WIDTH}] 4/4 100%" in text
+    assert text.endswith("\n")
+
+
+def test_warm_rejects_a_bad_concurrency(
+    warm_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["-c", str(warm_config), "warm", "--concurrency", "0", "x"])
+    assert exc.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mtasts_fast.cache.base import CacheEntry, CacheUnavailable
+from mtasts_fast.cache.base import CacheEntry, CacheUnavailable, FetchFailure
 from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.server import ListenError
 from tests.socketmap import Running, enforce, frame, pipelined, start_daemon
@@ -209,10 +209,18 @@ class _DownCache(InternalCache):
     async def put(self, entry: CacheEntry) -> None:
         raise CacheUnavailable("connection refused")
 
+    async def get_failure(self, domain: str) -> FetchFailure | None:
+        raise CacheUnavailable("connection refused")
+
+    async def put_failure(self, failure: FetchFailure) -> None:
+        raise CacheUnavailable("connection refused")
+
 
 async def test_backend_down_fetches_and_falls_back(world: Any, tmp_path: Path) -> None:
     daemon = await start_daemon(world, tmp_path)
-    daemon.responder._cache = _DownCache(100)
+    down = _DownCache(100)
+    daemon.responder._cache = down
+    daemon.responder.refresher._cache = down
     daemon.responder._sync_reads = True
     try:
         client = await daemon.connect()

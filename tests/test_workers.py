@@ -9,6 +9,7 @@ children) and the HTTPS request counts of the test world.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -747,6 +748,39 @@ def test_lmdb_workers_example_shares_one_cache(
         assert ask(d.address, payload) == GOOD
     assert world.https_requests(domain) == 1
     assert d.stop() == 0, d.output
+
+
+def test_two_daemons_sharing_one_lmdb_file_run_one_proactive_pass_at_a_time(
+    world: World, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # Two daemons of two workers each: four processes compete for every pass.
+    common: dict[str, Any] = {
+        "workers": 2,
+        "cache": {"type": "lmdb", "options": {"path": str(tmp_path / "shared" / "cache.lmdb")}},
+        "proactive_policy_fetching": {
+            "enabled": True,
+            "interval": 2,
+            "grace_ratio": 1000,
+            "jitter": 0,
+        },
+    }
+    first = daemon(port=free_port(), **common)
+    second = daemon(port=free_port(), **common)
+    domains = [_policy_domain(world) for _ in range(3)]
+    for domain in domains:
+        assert ask(first.address, b"postfix " + domain.encode()) == GOOD
+    time.sleep(7)
+    done = "proactive refresh pass done"
+    passes = sorted(t for t, _ in first.matches(done) + second.matches(done))
+    # One pass per interval in all, never two at once or back to back.
+    assert 3 <= len(passes) <= 5, first.output + second.output
+    gaps = [b - a for a, b in itertools.pairwise(passes)]
+    assert min(gaps) > 1.5, gaps
+    # Each pass after the first lookups fetched each policy once.
+    for domain in domains:
+        assert 2 <= world.https_requests(domain) <= len(passes) + 1
+    assert first.stop() == 0
+    assert second.stop() == 0
 
 
 def test_asyncio_workers_without_uvloop(daemon: Callable[..., Daemon]) -> None:

@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from mtasts_fast.config import ZoneConfig
 from mtasts_fast.policy import Policy
 
-__all__ = ["SCAN_BATCH", "Cache", "CacheEntry", "CacheUnavailable"]
+__all__ = ["SCAN_BATCH", "Cache", "CacheEntry", "CacheUnavailable", "FetchFailure"]
 
 # Entries per batch when a backend is walked (proactive refresh, export, list).
 SCAN_BATCH = 1000
@@ -36,12 +35,14 @@ class CacheEntry:
     policy: Policy
     fetched_at: float
     checked_at: float
-    # Rendered replies, keyed by zone; never stored, rebuilt on demand.
-    rendered: dict[ZoneConfig, bytes] = field(default_factory=dict, repr=False)
+    # Framed replies, keyed by the zone's render key (the responder's; zones
+    # that render alike share one); never stored, rebuilt on demand.
+    rendered: dict[int, bytes] = field(default_factory=dict, repr=False)
+    # fetched_at + max_age, computed once: the hot path compares it on every hit.
+    expires_at: float = field(init=False, repr=False)
 
-    @property
-    def expires_at(self) -> float:
-        return self.fetched_at + self.policy.max_age
+    def __post_init__(self) -> None:
+        self.expires_at = self.fetched_at + self.policy.max_age
 
     def same_as(self, other: CacheEntry) -> bool:
         """True if both hold the same stored data (``rendered`` is not data)."""
@@ -52,6 +53,40 @@ class CacheEntry:
             and self.fetched_at == other.fetched_at
             and self.checked_at == other.checked_at
         )
+
+
+@dataclass(slots=True)
+class FetchFailure:
+    """Why a domain has no cached policy to show for its last fetch, and when to retry.
+
+    Negative caching and per-domain backoff (DESIGN.md §4): a "no policy"
+    result is remembered for ``negative_ttl``; a failed fetch backs off
+    exponentially. Stored in the cache beside the entries so that every worker
+    and every host sharing the cache honours the same retry time, and so that
+    ``mta-sts-cache show`` can tell an operator what went wrong.
+    """
+
+    domain: str
+    # "no-policy", or an RFC 8460 §4.3 result type ("sts-policy-fetch-error",
+    # "sts-policy-invalid", "sts-webpki-invalid") or "dns-error"/"dns-timeout".
+    result_type: str
+    stage: str  # "dns", "https" or "policy"; "" for no-policy
+    reason: str
+    failed_at: float  # when the last attempt ended
+    retry_at: float  # no new attempt before this
+    attempts: int  # consecutive failures, 1 for the first
+
+    @property
+    def no_policy(self) -> bool:
+        return self.result_type == NO_POLICY
+
+
+# FetchFailure.result_type of a domain that publishes no (usable) TXT record.
+NO_POLICY = "no-policy"
+
+# A failure record is kept this long after its retry time, so that the next
+# failure continues the backoff sequence instead of starting it again.
+FAILURE_RETENTION = 86400.0
 
 
 class Cache(abc.ABC):
@@ -117,6 +152,39 @@ class Cache(abc.ABC):
     @abc.abstractmethod
     async def set_proactive_ts(self, ts: float) -> None:
         """Record the end of a proactive refresh pass."""
+
+    # -- negative caching and backoff (FetchFailure records) ------------------------
+
+    @abc.abstractmethod
+    async def get_failure(self, domain: str) -> FetchFailure | None:
+        """The last failure recorded for ``domain``, or None."""
+
+    @abc.abstractmethod
+    async def put_failure(self, failure: FetchFailure) -> None:
+        """Record ``failure``, replacing the previous record of its domain.
+
+        A backend may forget the record ``FAILURE_RETENTION`` seconds after
+        its ``retry_at`` (Redis: a key TTL; the others: ``prune``).
+        """
+
+    @abc.abstractmethod
+    async def delete_failure(self, domain: str) -> bool:
+        """Forget ``domain``'s failure record; True if there was one."""
+
+    # -- leases: one process at a time, across workers and hosts ------------------
+
+    @abc.abstractmethod
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take the lease ``name`` for ``owner`` for ``ttl`` seconds, or renew it.
+
+        True if ``owner`` holds the lease now: it was free, had expired, or
+        was already ``owner``'s (then its expiry moves to now + ``ttl``).
+        Atomic against every other process using the same cache.
+        """
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it; otherwise do nothing."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or files; the cache is not used afterwards."""

@@ -13,10 +13,18 @@ from typing import Any
 
 import msgpack
 
-from mtasts_fast.cache.base import CacheEntry
+from mtasts_fast.cache.base import CacheEntry, FetchFailure
 from mtasts_fast.policy import MODES, Policy
 
-__all__ = ["FORMAT_VERSION", "decode_entry", "encode_entry"]
+__all__ = [
+    "FORMAT_VERSION",
+    "decode_entry",
+    "decode_failure",
+    "decode_lease",
+    "encode_entry",
+    "encode_failure",
+    "encode_lease",
+]
 
 FORMAT_VERSION = 1
 
@@ -63,3 +71,71 @@ def decode_entry(domain: str, data: bytes) -> CacheEntry | None:
         return None
     policy = Policy(mode=mode, max_age=max_age, mx=tuple(mx), lines=tuple(lines))
     return CacheEntry(domain, policy_id, policy, fetched_at, checked_at)
+
+
+# A failure record (format 1):
+# ``[1, result_type, stage, reason, failed_at, retry_at, attempts]``.
+
+
+def encode_failure(failure: FetchFailure) -> bytes:
+    data = msgpack.packb(
+        [
+            FORMAT_VERSION,
+            failure.result_type,
+            failure.stage,
+            failure.reason,
+            float(failure.failed_at),
+            float(failure.retry_at),
+            int(failure.attempts),
+        ],
+        use_bin_type=True,
+    )
+    assert isinstance(data, bytes)
+    return data
+
+
+def decode_failure(domain: str, data: bytes) -> FetchFailure | None:
+    """The failure stored as ``data``, or None if unreadable (then: no backoff)."""
+    try:
+        value: Any = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if not isinstance(value, list) or len(value) != 7 or value[0] != FORMAT_VERSION:
+        return None
+    _, result_type, stage, reason, failed_at, retry_at, attempts = value
+    if not (
+        isinstance(result_type, str)
+        and isinstance(stage, str)
+        and isinstance(reason, str)
+        and isinstance(failed_at, float)
+        and isinstance(retry_at, float)
+        and type(attempts) is int
+    ):
+        return None
+    return FetchFailure(domain, result_type, stage, reason, failed_at, retry_at, attempts)
+
+
+# A lease (format 1): ``[1, owner, expires_at]``.
+
+
+def encode_lease(owner: str, expires_at: float) -> bytes:
+    data = msgpack.packb([FORMAT_VERSION, owner, float(expires_at)], use_bin_type=True)
+    assert isinstance(data, bytes)
+    return data
+
+
+def decode_lease(data: bytes) -> tuple[str, float] | None:
+    """``(owner, expires_at)``, or None if unreadable (then the lease counts as free)."""
+    try:
+        value: Any = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or value[0] != FORMAT_VERSION
+        or not isinstance(value[1], str)
+        or not isinstance(value[2], float)
+    ):
+        return None
+    return value[1], value[2]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
-from mtasts_fast.cache.base import SCAN_BATCH, Cache, CacheEntry
+from mtasts_fast.cache.base import FAILURE_RETENTION, SCAN_BATCH, Cache, CacheEntry, FetchFailure
 
 __all__ = ["InternalCache"]
 
@@ -22,6 +23,10 @@ class InternalCache(Cache):
         self._size = size
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._proactive_ts = 0.0
+        # Failure records are bounded like the entries: a flood of distinct
+        # broken domains must not grow a worker without end.
+        self._failures: OrderedDict[str, FetchFailure] = OrderedDict()
+        self._leases: dict[str, tuple[str, float]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -56,12 +61,18 @@ class InternalCache(Cache):
     async def purge(self) -> int:
         count = len(self._entries)
         self._entries.clear()
+        self._failures.clear()  # a purged domain is fetched at its next lookup
         return count
 
     async def prune(self, older_than: float) -> int:
         expired = [d for d, e in self._entries.items() if e.expires_at < older_than]
         for domain in expired:
             del self._entries[domain]
+        stale = [
+            d for d, f in self._failures.items() if f.retry_at + FAILURE_RETENTION < older_than
+        ]
+        for domain in stale:
+            del self._failures[domain]
         return len(expired)
 
     async def get_proactive_ts(self) -> float:
@@ -69,3 +80,29 @@ class InternalCache(Cache):
 
     async def set_proactive_ts(self, ts: float) -> None:
         self._proactive_ts = float(ts)
+
+    async def get_failure(self, domain: str) -> FetchFailure | None:
+        return self._failures.get(domain)
+
+    async def put_failure(self, failure: FetchFailure) -> None:
+        self._failures[failure.domain] = failure
+        self._failures.move_to_end(failure.domain)
+        while len(self._failures) > self._size:
+            self._failures.popitem(last=False)
+
+    async def delete_failure(self, domain: str) -> bool:
+        return self._failures.pop(domain, None) is not None
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        # Per process: nothing else shares this cache.
+        now = time.time()
+        held = self._leases.get(name)
+        if held is not None and held[0] != owner and held[1] > now:
+            return False
+        self._leases[name] = (owner, now + ttl)
+        return True
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        held = self._leases.get(name)
+        if held is not None and held[0] == owner:
+            del self._leases[name]

@@ -4,15 +4,26 @@ Every worker on a host opens the same LMDB environment (DESIGN.md §2, §5), so 
 policy fetched by one worker is served by all of them and survives restarts.
 
 Layout
-    Four named databases in one environment:
+    Six named databases in one environment:
 
     - ``policies``: domain (A-label, UTF-8) → entry bytes from ``codec``.
     - ``meta``: ``proactive_ts`` and ``last_eviction`` (a map-full eviction)
-      → big-endian doubles.
+      → big-endian doubles; ``lease:<name>`` → lease bytes from ``codec``.
     - ``by_expiry`` and ``by_checked``: eviction indexes, key = an 8-byte
       order-preserving encoding of ``expires_at`` (resp. ``checked_at``)
       followed by the domain, empty value. An index key whose entry has since
       changed or gone is stale; whoever walks the index deletes it on sight.
+    - ``failures``: domain → ``FetchFailure`` bytes from ``codec`` (negative
+      caching and backoff, shared by every worker), and ``failures_by_retry``,
+      its index by ``retry_at`` built like ``by_expiry``: ``prune`` and
+      eviction take the records whose retry time is oldest without reading
+      the others.
+
+    The two failure databases were added after the first release: a file
+    made without them gets them when it is next opened (``open_db`` creates a
+    missing database in a write transaction, as it always did for the
+    others), and a process of the previous release still opens the file,
+    since it never asks for them.
 
     ``path`` names a directory (LMDB's ``data.mdb`` and ``lock.mdb`` inside it)
     if it exists as one or ends with ``/``; otherwise it names the data file
@@ -41,6 +52,12 @@ Writes
     waits, so the event loop keeps answering. ``put_many`` writes WRITE_BATCH
     entries per commit for imports.
 
+    A lease (``acquire_lease``) is read, judged and rewritten inside one write
+    transaction: LMDB admits one writer at a time across every process that
+    opens the file, so two workers can never both find a lease free and
+    both take it. Its expiry is wall-clock time, read once the transaction
+    holds the writer lock, because the processes share no other clock.
+
 Durability
     ``sync=True, metasync=False``: each commit flushes the data pages once and
     skips the separate flush of the meta page. A ``kill -9`` of any process at
@@ -60,18 +77,24 @@ Size
     its ``checked_at`` forward, so domains in use stay young and domains
     nobody mails to age out. (A proactive refresh pass moves every entry's
     ``checked_at``, so right after one the order is that of the pass.)
+    Failure records are bounded the same way, separately (a flood of broken
+    domains must not push out working policies): a record for a new domain
+    in a full table first evicts 1 % of them, those whose ``retry_at`` is
+    oldest.
 
     ``map_size``: deleting needs free pages too (copy-on-write), so a map
     allowed to fill up completely could not be emptied any more. A put that
     adds a domain therefore also evicts a batch when fewer than two pages per
     batch entry (plus a reserve) are left. When a write does not fit anyway
-    (``MapFullError``), stale readers are reaped, a batch is evicted and the
-    write retried; if it still does not fit, the map is doubled, up to four
-    times the configured ``map_size``; beyond that the write is dropped with
-    one error line. Other processes adopt a grown map when LMDB tells them
-    (``MapResizedError``). The map is only ever replaced on the event loop's
-    thread while the writer thread is idle, because LMDB forbids remapping
-    while a transaction of the process is running.
+    (``MapFullError``), stale readers are reaped, a batch of failure records
+    (the cheapest data to lose: at worst one early retry) and a batch of
+    entries are evicted and the write retried; if it still does not fit, the
+    map is doubled, up to four times the configured ``map_size``; beyond
+    that the write is dropped with one error line. Other processes adopt a
+    grown map when LMDB tells them (``MapResizedError``). The map is only
+    ever replaced on the event loop's thread while the writer thread is
+    idle, because LMDB forbids remapping while a transaction of the process
+    is running.
 """
 
 from __future__ import annotations
@@ -89,8 +112,22 @@ from typing import Any, ClassVar, TypeVar
 import lmdb
 
 from mtasts_fast import defaults
-from mtasts_fast.cache.base import SCAN_BATCH, Cache, CacheEntry, CacheUnavailable
-from mtasts_fast.cache.codec import decode_entry, encode_entry
+from mtasts_fast.cache.base import (
+    FAILURE_RETENTION,
+    SCAN_BATCH,
+    Cache,
+    CacheEntry,
+    CacheUnavailable,
+    FetchFailure,
+)
+from mtasts_fast.cache.codec import (
+    decode_entry,
+    decode_failure,
+    decode_lease,
+    encode_entry,
+    encode_failure,
+    encode_lease,
+)
 
 __all__ = ["LmdbCache"]
 
@@ -126,8 +163,14 @@ _POLICIES = b"policies"
 _META = b"meta"
 _BY_EXPIRY = b"by_expiry"
 _BY_CHECKED = b"by_checked"
+_FAILURES = b"failures"
+_FAILURES_BY_RETRY = b"failures_by_retry"
 _PROACTIVE_TS = b"proactive_ts"
 _LAST_EVICTION = b"last_eviction"
+_LEASE_PREFIX = b"lease:"
+# Named databases opened by this release (the limit is per environment
+# handle, not stored in the file).
+_MAX_DBS = 6
 
 _DOUBLE = struct.Struct(">d")
 _U64 = struct.Struct(">Q")
@@ -195,6 +238,8 @@ class LmdbCache(Cache):
         self._meta: lmdb._Database
         self._by_expiry: lmdb._Database
         self._by_checked: lmdb._Database
+        self._failures: lmdb._Database
+        self._failures_by_retry: lmdb._Database
         self._writer: ThreadPoolExecutor | None = None
         self._page_size = 4096
         self._write_lock = asyncio.Lock()
@@ -230,7 +275,7 @@ class LmdbCache(Cache):
             # Lookups hit random pages; readahead would only evict useful ones.
             readahead=False,
             max_readers=MAX_READERS,
-            max_dbs=4,
+            max_dbs=_MAX_DBS,
             max_spare_txns=1,
             lock=True,
         )
@@ -244,6 +289,8 @@ class LmdbCache(Cache):
             self._meta = env.open_db(_META)
             self._by_expiry = env.open_db(_BY_EXPIRY)
             self._by_checked = env.open_db(_BY_CHECKED)
+            self._failures = env.open_db(_FAILURES)
+            self._failures_by_retry = env.open_db(_FAILURES_BY_RETRY)
         except BaseException:
             env.close()
             raise
@@ -399,6 +446,23 @@ class LmdbCache(Cache):
         value: float = _DOUBLE.unpack(data)[0]
         return value
 
+    async def get_failure(self, domain: str) -> FetchFailure | None:
+        return await self._adopting(self._read_failure, domain)
+
+    def _read_failure(self, domain: str) -> FetchFailure | None:
+        env = self._require_env()
+        key = domain.encode()
+        if not 0 < len(key) <= _MAX_KEY:
+            return None  # never stored (see put_failure)
+        try:
+            with env.begin(self._failures) as txn:
+                data = txn.get(key)
+        except lmdb.MapResizedError:
+            raise
+        except lmdb.Error as exc:
+            raise CacheUnavailable(f"LMDB read failed: {exc}") from exc
+        return decode_failure(domain, data) if data is not None else None
+
     # -- writes (writer thread) --------------------------------------------------
 
     async def put(self, entry: CacheEntry) -> None:
@@ -454,10 +518,19 @@ class LmdbCache(Cache):
         while True:
             done = await self._write(lambda txn: self._prune_txn(txn, limit), "pruning")
             if done is None:
-                return total
+                break
             count, more = done
             total += count
             if not more:
+                break
+        # Failure records are kept FAILURE_RETENTION after their retry time
+        # (base.FAILURE_RETENTION); only policy entries are counted.
+        failure_limit = _time_key(older_than - FAILURE_RETENTION)
+        while True:
+            more_failures = await self._write(
+                lambda txn: self._prune_failures_txn(txn, failure_limit), "pruning failures"
+            )
+            if not more_failures:
                 return total
 
     async def set_proactive_ts(self, ts: float) -> None:
@@ -465,6 +538,40 @@ class LmdbCache(Cache):
         await self._write(
             lambda txn: txn.put(_PROACTIVE_TS, value, db=self._meta), "the proactive timestamp"
         )
+
+    async def put_failure(self, failure: FetchFailure) -> None:
+        key = failure.domain.encode()
+        if not 0 < len(key) <= _MAX_KEY:
+            _log.error(
+                "LMDB cache: cannot store a key of %d bytes for %r", len(key), failure.domain
+            )
+            return
+        value = encode_failure(failure)
+        await self._write(
+            lambda txn: self._put_failure_txn(txn, key, value, failure.retry_at),
+            f"the failure record of {failure.domain}",
+        )
+
+    async def delete_failure(self, domain: str) -> bool:
+        key = domain.encode()
+        if not 0 < len(key) <= _MAX_KEY:
+            return False
+        deleted = await self._write(
+            lambda txn: self._delete_failure_txn(txn, key), f"deleting the failure of {domain}"
+        )
+        return bool(deleted)
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        key = _LEASE_PREFIX + name.encode()
+        held = await self._write(
+            lambda txn: self._acquire_txn(txn, key, owner, float(ttl)), f"the lease {name}"
+        )
+        # None: the write was dropped (map full at its limit), so not held.
+        return bool(held)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        key = _LEASE_PREFIX + name.encode()
+        await self._write(lambda txn: self._release_txn(txn, key, owner), f"the lease {name}")
 
     async def _write(self, job: Callable[[lmdb.Transaction[bytes]], _T], what: str) -> _T | None:
         """Run ``job`` in a write transaction on the writer thread.
@@ -535,13 +642,22 @@ class LmdbCache(Cache):
         try:
             env.reader_check()
             with env.begin(write=True) as txn:
+                # Failure records first: losing one costs at most an early retry.
+                dropped = self._evict_failures(
+                    txn, self._batch(txn.stat(self._failures)["entries"])
+                )
                 evicted = self._evict(txn, self._batch(txn.stat(self._policies)["entries"]))
             # LMDB reuses the pages a commit frees only from the second commit
             # after it (the previous snapshot must stay intact for crash
             # safety), so one small commit makes them available to the retry.
             with env.begin(write=True) as txn:
                 txn.put(_LAST_EVICTION, _DOUBLE.pack(time.time()), db=self._meta)
-            _log.info("LMDB cache %s: map full, evicted %d entries", self._path, evicted)
+            _log.info(
+                "LMDB cache %s: map full, evicted %d entries and %d failure records",
+                self._path,
+                evicted,
+                dropped,
+            )
             with env.begin(write=True) as txn:
                 return _DONE, job(txn)
         except lmdb.MapResizedError:
@@ -590,7 +706,13 @@ class LmdbCache(Cache):
 
     def _purge_txn(self, txn: lmdb.Transaction[bytes]) -> int:
         count = txn.stat(self._policies)["entries"]
-        for db in (self._policies, self._by_expiry, self._by_checked):
+        for db in (
+            self._policies,
+            self._by_expiry,
+            self._by_checked,
+            self._failures,
+            self._failures_by_retry,
+        ):
             txn.drop(db, delete=False)
         return count
 
@@ -621,7 +743,15 @@ class LmdbCache(Cache):
         if map_pages - info["last_pgno"] > enough:
             return map_pages - info["last_pgno"]
         used = 2  # the meta pages
-        for db in (None, self._policies, self._meta, self._by_expiry, self._by_checked):
+        for db in (
+            None,
+            self._policies,
+            self._meta,
+            self._by_expiry,
+            self._by_checked,
+            self._failures,
+            self._failures_by_retry,
+        ):
             st = txn.stat(db) if db is not None else txn.stat()
             used += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return map_pages - used
@@ -694,3 +824,96 @@ class LmdbCache(Cache):
     def _unindex(self, txn: lmdb.Transaction[bytes], key: bytes, previous: CacheEntry) -> None:
         txn.delete(_time_key(previous.expires_at) + key, db=self._by_expiry)
         txn.delete(_time_key(previous.checked_at) + key, db=self._by_checked)
+
+    # Failure records and leases (transaction bodies, writer thread).
+
+    def _put_failure_txn(
+        self, txn: lmdb.Transaction[bytes], key: bytes, value: bytes, retry_at: float
+    ) -> None:
+        old = txn.get(key, db=self._failures)
+        if old is not None:
+            self._unindex_failure(txn, key, old)
+        else:
+            count = txn.stat(self._failures)["entries"]
+            batch = self._batch(count)
+            reserve = 2 * batch + _RESERVE_PAGES
+            if count >= self._max_entries:
+                self._evict_failures(txn, count - self._max_entries + batch)
+            elif self._free_pages(txn, reserve) < reserve:
+                # As in _put_txn: keep the pages that deleting needs.
+                self._evict_failures(txn, batch)
+        txn.put(key, value, db=self._failures)
+        txn.put(_time_key(retry_at) + key, b"", db=self._failures_by_retry)
+
+    def _delete_failure_txn(self, txn: lmdb.Transaction[bytes], key: bytes) -> bool:
+        old = txn.pop(key, db=self._failures)
+        if old is None:
+            return False
+        self._unindex_failure(txn, key, old)
+        return True
+
+    def _unindex_failure(self, txn: lmdb.Transaction[bytes], key: bytes, old: bytes) -> None:
+        previous = decode_failure(key.decode("utf-8", "replace"), old)
+        if previous is not None:
+            txn.delete(_time_key(previous.retry_at) + key, db=self._failures_by_retry)
+
+    def _prune_failures_txn(self, txn: lmdb.Transaction[bytes], limit: bytes) -> bool:
+        """Delete up to WRITE_BATCH failure records retried before ``limit``; more left?"""
+        cursor = txn.cursor(self._failures_by_retry)
+        examined = 0
+        while cursor.first() and cursor.key()[:_TIME_KEY_SIZE] < limit:
+            if examined >= WRITE_BATCH:
+                return True
+            examined += 1
+            index_key = cursor.key()
+            cursor.delete()
+            self._remove_failure_indexed(txn, index_key)
+        return False
+
+    def _evict_failures(self, txn: lmdb.Transaction[bytes], wanted: int) -> int:
+        """Delete ``wanted`` failure records, those with the oldest retry time first."""
+        cursor = txn.cursor(self._failures_by_retry)
+        evicted = 0
+        while evicted < wanted and cursor.first():
+            index_key = cursor.key()
+            cursor.delete()
+            if self._remove_failure_indexed(txn, index_key):
+                evicted += 1
+        if evicted < wanted:
+            # Records missing from the index (unreadable ones) go in key order.
+            cursor = txn.cursor(self._failures)
+            while evicted < wanted and cursor.first():
+                cursor.delete()
+                evicted += 1
+        return evicted
+
+    def _remove_failure_indexed(self, txn: lmdb.Transaction[bytes], index_key: bytes) -> bool:
+        """Delete the record an index key (already deleted) points to, if it is current."""
+        key = index_key[_TIME_KEY_SIZE:]
+        old = txn.get(key, db=self._failures)
+        if old is None:
+            return False
+        previous = decode_failure(key.decode("utf-8", "replace"), old)
+        if previous is not None and _time_key(previous.retry_at) + key != index_key:
+            return False  # a stale index key: the record was rewritten since
+        txn.delete(key, db=self._failures)
+        return True
+
+    def _acquire_txn(
+        self, txn: lmdb.Transaction[bytes], key: bytes, owner: str, ttl: float
+    ) -> bool:
+        # The writer lock is held from here to the commit: no other process
+        # can read the lease as free in between (module doc, "Writes").
+        now = time.time()
+        data = txn.get(key, db=self._meta)
+        held = decode_lease(data) if data is not None else None
+        if held is not None and held[0] != owner and held[1] > now:
+            return False
+        txn.put(key, encode_lease(owner, now + ttl), db=self._meta)
+        return True
+
+    def _release_txn(self, txn: lmdb.Transaction[bytes], key: bytes, owner: str) -> None:
+        data = txn.get(key, db=self._meta)
+        held = decode_lease(data) if data is not None else None
+        if held is not None and held[0] == owner:
+            txn.delete(key, db=self._meta)

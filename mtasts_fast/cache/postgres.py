@@ -15,13 +15,24 @@ Our tables sit beside postfix-mta-sts-resolver's ``sts_policy_cache`` and
   upsert that never replaces a newer check (whichever host writes last), and
   ``prune`` is one indexed DELETE.
 - ``mtasts_meta``: ``name`` → ``value`` (``proactive_ts``).
+- ``mtasts_failures``: ``domain`` → ``data`` (a ``FetchFailure`` as codec
+  bytes) and a copy of its ``retry_at``, indexed for ``prune``.
+- ``mtasts_leases``: ``name`` → ``owner`` and ``expires_at``. A lease is
+  taken or renewed by one upsert whose ``WHERE`` admits only a free, expired
+  or own lease; PostgreSQL locks the conflicting row and judges its latest
+  version, so two hosts can never both take it. The clock is the server's
+  (``now()``), not the hosts': hosts sharing a database may disagree about
+  the time, and a host whose clock ran ahead would otherwise take a lease
+  that its holder still counts on.
 
 They live in the first schema of the role's ``search_path`` (set
 ``server_settings: {search_path: ...}`` to choose another). They are created on
 first connection under a transaction-scoped advisory lock, because
 ``CREATE TABLE IF NOT EXISTS`` run by two sessions at once can fail; if they
 already exist nothing is created, so a role without CREATE rights works once
-an administrator has made them.
+an administrator has made them. (``mtasts_failures`` and ``mtasts_leases``
+came after the first release: such an administrator must add them on upgrade,
+or every call fails with "permission denied".)
 
 A server that is down never stops the daemon: ``setup`` logs and returns, and
 each call raises :class:`CacheUnavailable` until the server answers again.
@@ -46,8 +57,15 @@ import asyncpg  # type: ignore[import-untyped]
 from asyncpg import exceptions as pgexc
 
 from mtasts_fast import defaults
-from mtasts_fast.cache.base import SCAN_BATCH, Cache, CacheEntry, CacheUnavailable
-from mtasts_fast.cache.codec import decode_entry, encode_entry
+from mtasts_fast.cache.base import (
+    FAILURE_RETENTION,
+    SCAN_BATCH,
+    Cache,
+    CacheEntry,
+    CacheUnavailable,
+    FetchFailure,
+)
+from mtasts_fast.cache.codec import decode_entry, decode_failure, encode_entry, encode_failure
 from mtasts_fast.errors import ConfigError
 
 __all__ = ["RETRY_INTERVAL", "PostgresCache"]
@@ -69,11 +87,25 @@ CREATE TABLE IF NOT EXISTS mtasts_meta (
     name TEXT PRIMARY KEY,
     value DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS mtasts_failures (
+    domain TEXT COLLATE "C" PRIMARY KEY,
+    data BYTEA NOT NULL,
+    retry_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mtasts_failures_retry_at ON mtasts_failures (retry_at);
+CREATE TABLE IF NOT EXISTS mtasts_leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
 """
 _SCHEMA_PRESENT = """
 SELECT to_regclass('mtasts_policy') IS NOT NULL
    AND to_regclass('mtasts_policy_expires_at') IS NOT NULL
    AND to_regclass('mtasts_meta') IS NOT NULL
+   AND to_regclass('mtasts_failures') IS NOT NULL
+   AND to_regclass('mtasts_failures_retry_at') IS NOT NULL
+   AND to_regclass('mtasts_leases') IS NOT NULL
 """
 # Any fixed number will do; "mtasts" in ASCII.
 _SCHEMA_LOCK = 0x6D7461737473
@@ -90,6 +122,19 @@ WHERE excluded.checked_at >= stored.checked_at
 _SET_META = """
 INSERT INTO mtasts_meta (name, value) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET value = excluded.value
+"""
+_PUT_FAILURE = """
+INSERT INTO mtasts_failures (domain, data, retry_at) VALUES ($1, $2, $3)
+ON CONFLICT (domain) DO UPDATE SET data = excluded.data, retry_at = excluded.retry_at
+"""
+# $1 name, $2 owner, $3 ttl in seconds. A row comes back if $2 holds the
+# lease now: it was free, expired, or already $2's (then renewed).
+_ACQUIRE = """
+INSERT INTO mtasts_leases AS held (name, owner, expires_at)
+VALUES ($1, $2, extract(epoch FROM now())::double precision + $3::double precision)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE held.owner = excluded.owner OR held.expires_at <= extract(epoch FROM now())::double precision
+RETURNING owner
 """
 _PROACTIVE = "proactive_ts"
 
@@ -361,14 +406,23 @@ class PostgresCache(Cache):
                 return
 
     async def purge(self) -> int:
+        # Failure records go too, so that every purged domain is fetched
+        # afresh; only policy entries are counted.
         async with self._connection() as conn:
             status = await conn.execute("DELETE FROM mtasts_policy")
+            await conn.execute("DELETE FROM mtasts_failures")
         return _count(status)
 
     async def prune(self, older_than: float) -> int:
+        # A failure record is kept FAILURE_RETENTION after its retry time, so
+        # the next failure continues the backoff; it is not counted.
         async with self._connection() as conn:
             status = await conn.execute(
                 "DELETE FROM mtasts_policy WHERE expires_at < $1", float(older_than)
+            )
+            await conn.execute(
+                "DELETE FROM mtasts_failures WHERE retry_at < $1",
+                float(older_than) - FAILURE_RETENTION,
             )
         return _count(status)
 
@@ -380,3 +434,29 @@ class PostgresCache(Cache):
     async def set_proactive_ts(self, ts: float) -> None:
         async with self._connection() as conn:
             await conn.execute(_SET_META, _PROACTIVE, float(ts))
+
+    async def get_failure(self, domain: str) -> FetchFailure | None:
+        async with self._connection() as conn:
+            data = await conn.fetchval("SELECT data FROM mtasts_failures WHERE domain = $1", domain)
+        return decode_failure(domain, data) if isinstance(data, bytes) else None
+
+    async def put_failure(self, failure: FetchFailure) -> None:
+        data = encode_failure(failure)
+        async with self._connection() as conn:
+            await conn.execute(_PUT_FAILURE, failure.domain, data, float(failure.retry_at))
+
+    async def delete_failure(self, domain: str) -> bool:
+        async with self._connection() as conn:
+            status = await conn.execute("DELETE FROM mtasts_failures WHERE domain = $1", domain)
+        return _count(status) > 0
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        async with self._connection() as conn:
+            held = await conn.fetchval(_ACQUIRE, name, owner, float(ttl))
+        return isinstance(held, str) and held == owner
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "DELETE FROM mtasts_leases WHERE name = $1 AND owner = $2", name, owner
+            )

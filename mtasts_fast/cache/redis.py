@@ -10,6 +10,14 @@ a ``_metadata`` hash) or with anything else is never read or touched:
   reads back exactly. A small Lua script compares ``c`` and writes in one step,
   so an older write never replaces a newer one, whichever relay writes last.
 - ``mtasts:meta``: a hash, field ``proactive_ts``.
+- ``mtasts:failure:<domain>``: a string, the domain's ``FetchFailure`` as
+  codec bytes, expiring ``FAILURE_RETENTION`` seconds after its
+  ``retry_at`` (a record written later than that is not kept at all): Redis
+  forgets it on its own, so ``prune`` leaves failure records alone.
+- ``mtasts:lease:<name>``: a string, the holder's name, with a millisecond
+  TTL of the lease's length. Small Lua scripts take, renew and release it
+  in one step each; the expiry is Redis's own clock, so relays whose clocks
+  disagree still agree on when a lease has lapsed.
 
 Every policy key expires (EXPIREAT) ``RETENTION`` seconds (one day, the
 margin the periodic prune keeps) after its policy does, and at the earliest
@@ -41,16 +49,35 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
-from mtasts_fast.cache.base import SCAN_BATCH, Cache, CacheEntry, CacheUnavailable
-from mtasts_fast.cache.codec import decode_entry, encode_entry
+from mtasts_fast.cache.base import (
+    FAILURE_RETENTION,
+    SCAN_BATCH,
+    Cache,
+    CacheEntry,
+    CacheUnavailable,
+    FetchFailure,
+)
+from mtasts_fast.cache.codec import decode_entry, decode_failure, encode_entry, encode_failure
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.maintenance import PRUNE_RETENTION
 
-__all__ = ["META_KEY", "POLICY_PREFIX", "RETENTION", "RedisCache", "RedisSentinelCache"]
+__all__ = [
+    "FAILURE_PREFIX",
+    "LEASE_PREFIX",
+    "META_KEY",
+    "POLICY_PREFIX",
+    "RETENTION",
+    "RedisCache",
+    "RedisSentinelCache",
+]
 
 POLICY_PREFIX = b"mtasts:policy:"
+FAILURE_PREFIX = b"mtasts:failure:"
+LEASE_PREFIX = b"mtasts:lease:"
 META_KEY = b"mtasts:meta"
-_POLICY_PATTERN = POLICY_PREFIX + b"*"  # the prefix holds no glob characters
+# The prefixes hold no glob characters.
+_POLICY_PATTERN = POLICY_PREFIX + b"*"
+_FAILURE_PATTERN = FAILURE_PREFIX + b"*"
 _PROACTIVE_FIELD = b"proactive_ts"
 
 #: Seconds a policy key outlives its policy (and its last write): as long
@@ -93,12 +120,45 @@ end
 return deleted
 """
 
+# KEYS[1] lease key; ARGV: owner, TTL in milliseconds. Returns 1 if the
+# owner holds the lease now (it was free, lapsed, or the owner's: renewed),
+# else 0. Anything but a string under the key is not a lease of ours.
+_ACQUIRE_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'string' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+  end
+elseif kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS[1] lease key; ARGV[1] owner. Deletes the lease only if it is the owner's.
+_RELEASE_SCRIPT = """
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 # The client never decodes replies: values are msgpack bytes.
 _FORCED = {"decode_responses": False}
 
 
 def _policy_key(domain: str) -> bytes:
     return POLICY_PREFIX + domain.encode("utf-8")
+
+
+def _failure_key(domain: str) -> bytes:
+    return FAILURE_PREFIX + domain.encode("utf-8")
+
+
+def _failure_ttl_ms(failure: FetchFailure, now: float) -> int:
+    """Milliseconds the record is kept: until FAILURE_RETENTION after its retry time."""
+    return math.ceil((failure.retry_at - now + FAILURE_RETENTION) * 1000)
 
 
 def _number(value: float) -> bytes:
@@ -147,6 +207,8 @@ class _Session:
     client: redis.asyncio.Redis
     put: AsyncScript
     prune: AsyncScript
+    acquire: AsyncScript
+    release: AsyncScript
     # One slot per connection the pool may open: redis-py (from 6.0) fails a
     # command at once with "Too many connections" when they are all busy,
     # so a burst of lookups waits here for a free one instead.
@@ -198,6 +260,8 @@ class _RedisStore(Cache):
             client,
             client.register_script(_PUT_SCRIPT),
             client.register_script(_PRUNE_SCRIPT),
+            client.register_script(_ACQUIRE_SCRIPT),
+            client.register_script(_RELEASE_SCRIPT),
             asyncio.Semaphore(client.connection_pool.max_connections),
         )
 
@@ -235,8 +299,10 @@ class _RedisStore(Cache):
             deleted: int = await session.client.delete(_policy_key(domain))
         return deleted > 0
 
-    async def _scan_keys(self, count: int) -> AsyncIterator[list[bytes]]:
-        """Our policy keys, a SCAN page at a time, each key once.
+    async def _scan_keys(
+        self, count: int, pattern: bytes = _POLICY_PATTERN
+    ) -> AsyncIterator[list[bytes]]:
+        """Our keys matching ``pattern`` (policy keys), a SCAN page at a time, each once.
 
         SCAN may return a key twice (when the table is resized mid-scan), so
         the keys seen so far are remembered for the length of one walk.
@@ -245,7 +311,7 @@ class _RedisStore(Cache):
         cursor = 0
         while True:
             async with self._use() as session:
-                cursor, keys = await session.client.scan(cursor, match=_POLICY_PATTERN, count=count)
+                cursor, keys = await session.client.scan(cursor, match=pattern, count=count)
             fresh = [k for k in keys if isinstance(k, bytes) and k not in seen]
             seen.update(fresh)
             if fresh:
@@ -295,6 +361,11 @@ class _RedisStore(Cache):
         async for keys in self._scan_keys(SCAN_BATCH):
             async with self._use() as session:
                 deleted += await session.client.delete(*keys)
+        # Failure records go too, so that every purged domain is fetched
+        # afresh; only policy entries are counted.
+        async for keys in self._scan_keys(SCAN_BATCH, _FAILURE_PATTERN):
+            async with self._use() as session:
+                await session.client.delete(*keys)
         return deleted
 
     async def prune(self, older_than: float) -> int:
@@ -319,6 +390,47 @@ class _RedisStore(Cache):
     async def set_proactive_ts(self, ts: float) -> None:
         async with self._use() as session:
             await session.client.hset(META_KEY, _PROACTIVE_FIELD, _number(ts))
+
+    async def get_failure(self, domain: str) -> FetchFailure | None:
+        async with self._use() as session:
+            try:
+                data = await session.client.get(_failure_key(domain))
+            except ResponseError as exc:
+                if not str(exc).startswith("WRONGTYPE"):
+                    raise
+                return None  # not a record of ours; put_failure replaces it
+        return decode_failure(domain, data) if isinstance(data, bytes) else None
+
+    async def put_failure(self, failure: FetchFailure) -> None:
+        data = encode_failure(failure)
+        ttl_ms = _failure_ttl_ms(failure, time.time())
+        key = _failure_key(failure.domain)
+        async with self._use() as session:
+            if ttl_ms > 0:
+                # SET replaces a key of any type.
+                await session.client.set(key, data, px=ttl_ms)
+            else:
+                # Already past its retention (Redis refuses a TTL of zero or
+                # less): forgotten at once, like the record it replaces.
+                await session.client.delete(key)
+
+    async def delete_failure(self, domain: str) -> bool:
+        async with self._use() as session:
+            deleted: int = await session.client.delete(_failure_key(domain))
+        return deleted > 0
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        key = LEASE_PREFIX + name.encode("utf-8")
+        # Whole milliseconds, at least one: PX refuses zero.
+        args = (owner.encode("utf-8"), max(1, math.ceil(ttl * 1000)))
+        async with self._use() as session:
+            held = await session.acquire(keys=[key], args=args)
+        return int(held) == 1
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        key = LEASE_PREFIX + name.encode("utf-8")
+        async with self._use() as session:
+            await session.release(keys=[key], args=(owner.encode("utf-8"),))
 
 
 class RedisCache(_RedisStore):

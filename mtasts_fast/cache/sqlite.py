@@ -12,6 +12,13 @@ never read or touched, so both daemons can share one file:
   that a write is one upsert that never replaces a newer check, and ``prune``
   is one indexed DELETE.
 - ``mtasts_meta``: ``name`` → ``value`` (``proactive_ts``).
+- ``mtasts_failures``: ``domain`` → ``data`` (a ``FetchFailure`` as codec
+  bytes) and a copy of its ``retry_at``, indexed for ``prune``.
+- ``mtasts_leases``: ``name`` → ``owner`` and ``expires_at`` (wall-clock
+  seconds: the processes share no other clock). A lease is taken or renewed
+  by one upsert whose ``WHERE`` admits only a free, expired or own lease,
+  inside a ``BEGIN IMMEDIATE`` transaction that reads the owner back, so
+  SQLite's single writer lock makes it atomic across processes.
 
 The schema is created on first use, in one ``BEGIN IMMEDIATE`` transaction,
 so workers starting together serialise on SQLite's write lock. WAL journal
@@ -39,13 +46,21 @@ import functools
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from mtasts_fast import defaults
-from mtasts_fast.cache.base import SCAN_BATCH, Cache, CacheEntry, CacheUnavailable
-from mtasts_fast.cache.codec import decode_entry, encode_entry
+from mtasts_fast.cache.base import (
+    FAILURE_RETENTION,
+    SCAN_BATCH,
+    Cache,
+    CacheEntry,
+    CacheUnavailable,
+    FetchFailure,
+)
+from mtasts_fast.cache.codec import decode_entry, decode_failure, encode_entry, encode_failure
 
 __all__ = ["FILE_MODE", "SqliteCache"]
 
@@ -70,8 +85,27 @@ _SCHEMA = (
         name TEXT NOT NULL PRIMARY KEY,
         value REAL NOT NULL
     ) WITHOUT ROWID""",
+    # Added after the first release: IF NOT EXISTS adds them to older files.
+    """CREATE TABLE IF NOT EXISTS mtasts_failures (
+        domain TEXT NOT NULL PRIMARY KEY,
+        data BLOB NOT NULL,
+        retry_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS mtasts_failures_retry_at ON mtasts_failures (retry_at)",
+    """CREATE TABLE IF NOT EXISTS mtasts_leases (
+        name TEXT NOT NULL PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID""",
 )
-_SCHEMA_NAMES = ("mtasts_policy", "mtasts_policy_expires_at", "mtasts_meta")
+_SCHEMA_NAMES = (
+    "mtasts_policy",
+    "mtasts_policy_expires_at",
+    "mtasts_meta",
+    "mtasts_failures",
+    "mtasts_failures_retry_at",
+    "mtasts_leases",
+)
 
 _UPSERT = """
     INSERT INTO mtasts_policy (domain, checked_at, expires_at, entry) VALUES (?, ?, ?, ?)
@@ -80,6 +114,16 @@ _UPSERT = """
         expires_at = excluded.expires_at,
         entry = excluded.entry
     WHERE excluded.checked_at >= mtasts_policy.checked_at
+"""
+_PUT_FAILURE = """
+    INSERT INTO mtasts_failures (domain, data, retry_at) VALUES (?, ?, ?)
+    ON CONFLICT (domain) DO UPDATE SET data = excluded.data, retry_at = excluded.retry_at
+"""
+# Takes the lease if it is free, expired (at :now) or already :owner's.
+_ACQUIRE = """
+    INSERT INTO mtasts_leases (name, owner, expires_at) VALUES (:name, :owner, :expires_at)
+    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+    WHERE mtasts_leases.owner = excluded.owner OR mtasts_leases.expires_at <= :now
 """
 _PROACTIVE = "proactive_ts"
 
@@ -150,11 +194,57 @@ def _page(
 
 
 def _purge(conn: sqlite3.Connection) -> int:
-    return conn.execute("DELETE FROM mtasts_policy").rowcount
+    # Failure records go too, so that every purged domain is fetched afresh;
+    # only policy entries are counted.
+    count = conn.execute("DELETE FROM mtasts_policy").rowcount
+    conn.execute("DELETE FROM mtasts_failures").fetchall()
+    return count
 
 
 def _prune(conn: sqlite3.Connection, older_than: float) -> int:
-    return conn.execute("DELETE FROM mtasts_policy WHERE expires_at < ?", (older_than,)).rowcount
+    count = conn.execute("DELETE FROM mtasts_policy WHERE expires_at < ?", (older_than,)).rowcount
+    # A failure record is kept FAILURE_RETENTION after its retry time, so
+    # the next failure continues the backoff; it is not counted.
+    conn.execute(
+        "DELETE FROM mtasts_failures WHERE retry_at < ?", (older_than - FAILURE_RETENTION,)
+    ).fetchall()
+    return count
+
+
+def _get_failure(conn: sqlite3.Connection, domain: str) -> FetchFailure | None:
+    rows = conn.execute("SELECT data FROM mtasts_failures WHERE domain = ?", (domain,)).fetchall()
+    if not rows or not isinstance(rows[0][0], bytes):
+        return None
+    return decode_failure(domain, rows[0][0])
+
+
+def _put_failure(conn: sqlite3.Connection, row: tuple[str, bytes, float]) -> None:
+    conn.execute(_PUT_FAILURE, row).fetchall()
+
+
+def _delete_failure(conn: sqlite3.Connection, domain: str) -> bool:
+    return conn.execute("DELETE FROM mtasts_failures WHERE domain = ?", (domain,)).rowcount > 0
+
+
+def _acquire(conn: sqlite3.Connection, name: str, owner: str, ttl: float) -> bool:
+    # BEGIN IMMEDIATE takes the write lock first (waiting up to the busy
+    # timeout), so the clock is read, the lease judged and the outcome read
+    # back with no other process writing in between.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        now = time.time()
+        args = {"name": name, "owner": owner, "expires_at": now + ttl, "now": now}
+        conn.execute(_ACQUIRE, args).fetchall()
+        rows = conn.execute("SELECT owner FROM mtasts_leases WHERE name = ?", (name,)).fetchall()
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+    return bool(rows) and rows[0][0] == owner
+
+
+def _release(conn: sqlite3.Connection, name: str, owner: str) -> None:
+    conn.execute("DELETE FROM mtasts_leases WHERE name = ? AND owner = ?", (name, owner)).fetchall()
 
 
 def _get_meta(conn: sqlite3.Connection, name: str) -> float:
@@ -380,3 +470,19 @@ class SqliteCache(Cache):
 
     async def set_proactive_ts(self, ts: float) -> None:
         await self._run(_set_meta, _PROACTIVE, float(ts))
+
+    async def get_failure(self, domain: str) -> FetchFailure | None:
+        return await self._run(_get_failure, domain)
+
+    async def put_failure(self, failure: FetchFailure) -> None:
+        row = (failure.domain, encode_failure(failure), float(failure.retry_at))
+        await self._run(_put_failure, row)
+
+    async def delete_failure(self, domain: str) -> bool:
+        return await self._run(_delete_failure, domain)
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        return await self._run(_acquire, name, owner, float(ttl))
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self._run(_release, name, owner)
