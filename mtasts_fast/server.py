@@ -214,6 +214,24 @@ class SocketmapProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def close_idle(self) -> None:
+        """Close an idle connection; abort it if an earlier close is still pending.
+
+        ``close()`` waits until the write buffer is flushed, which never happens
+        for a client that does not read its replies: such a connection would
+        keep its descriptor and buffers for ever. The sweep calls this once per
+        period, so the second call finds the close still pending and aborts.
+        """
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.is_closing():
+            _log.info("aborting a connection whose client does not read its replies")
+            transport.abort()
+        else:
+            _log.debug("closing idle connection")
+            transport.close()
+
 
 class SocketmapServer:
     """Owns the listening socket(s) and every open connection of one process."""
@@ -296,8 +314,7 @@ class SocketmapServer:
             limit = self.tick - self._idle_ticks
             for conn in list(self.connections):
                 if conn.last_tick <= limit and conn.idle:
-                    _log.debug("closing idle connection")
-                    conn.close()
+                    conn.close_idle()
 
     # -- stop -----------------------------------------------------------------------------
 

@@ -38,7 +38,12 @@ then forks ``workers`` worker processes, which do all the serving:
   than sockets serve several each; more share them).
 * **sd_notify.** ``READY=1`` once every worker answers, ``RELOADING=1`` /
   ``READY=1`` around a reload, ``STOPPING=1`` at shutdown, with ``STATUS=``
-  lines; ``MAINPID`` is the supervisor.
+  lines; ``MAINPID`` is the supervisor. With ``WatchdogSec=`` in the unit,
+  ``WATCHDOG=1`` every half interval, sent from the supervisor's loop and
+  only while at least one worker is answering: a ping proves that the loop
+  turns (so crashed workers get restarted and signals handled) *and* that
+  the port is served; a supervisor stuck, or one left with no answering
+  worker for a whole interval, is restarted by systemd.
 
 The supervisor is a plain loop around ``poll()``: it never creates an event
 loop, so a child inherits no selector, no loop and no wake-up descriptor
@@ -151,12 +156,6 @@ def check_config(config: Config) -> None:
     """
     cache = create_cache(config.cache, config.filename)
     del cache
-    if config.proactive_policy_fetching.enabled:
-        _log.warning(
-            "%s: proactive_policy_fetching is not implemented in this release; "
-            "policies are refreshed when looked up",
-            config.filename,
-        )
 
 
 def _ca_stamp(config: Config) -> tuple[int, int, int] | None:
@@ -305,6 +304,7 @@ class Supervisor:
         self._killed_all = False
         self._exit_code = EXIT_OK
         self._done = False
+        self._watchdog_due = 0.0  # monotonic time of the next WATCHDOG=1
 
     # -- main loop --------------------------------------------------------------------------
 
@@ -320,6 +320,7 @@ class Supervisor:
                 self._reap()
                 self._check_timers()
                 self._reconcile()
+                self._feed_watchdog()
         finally:
             self._uninstall_signals()
             self._notifier.close()
@@ -363,6 +364,10 @@ class Supervisor:
                 due.append(worker.started + START_TIMEOUT)
         if self._stopping:
             due.append(self._stop_deadline)
+        elif self._notifier.watchdog_interval is not None and self._watchdog_due > now:
+            # An overdue ping waits for a worker to answer: that event (its
+            # ready pipe) wakes poll() anyway, so no timer is needed for it.
+            due.append(self._watchdog_due)
         return max(0.0, min(due) - now)
 
     def _wait(self, timeout: float) -> None:
@@ -623,6 +628,28 @@ class Supervisor:
             if self._reload_again:
                 self._reload_again = False
                 self._reload()
+
+    def _feed_watchdog(self) -> None:
+        """Send ``WATCHDOG=1`` at half systemd's interval while the service is healthy.
+
+        Half the interval, as sd_watchdog_enabled(3) recommends, leaves a
+        whole half for a late turn of the loop. Healthy means: READY=1 has
+        been sent, no stop is under way, and a worker that said it answers is
+        still alive (a retiring one still serves, but its successor is what
+        counts). A dead worker is normally back within a second, well inside
+        any sensible ``WatchdogSec=``; a supervisor that cannot get one
+        answering for a whole interval is better restarted by systemd.
+        """
+        interval = self._notifier.watchdog_interval
+        if interval is None or not self._announced or self._stopping:
+            return
+        now = time.monotonic()
+        if now < self._watchdog_due:
+            return
+        if not any(w.ready and not w.retiring for w in self._workers.values()):
+            return
+        self._notifier.watchdog()
+        self._watchdog_due = now + interval / 2
 
     def _retire_replaced(self, current: dict[int, _Worker], old: list[_Worker]) -> None:
         wanted = self._gen.config.workers

@@ -10,6 +10,11 @@ Content-Encoding. One request per connection, then ``Connection: close``.
 
 Certificates come from trustme (a trusted test CA and an untrusted one) and,
 for the self-signed kind, from ``cryptography`` directly.
+
+Hostile hosts: a :class:`Site` can drip its response one byte at a time
+(``drip``), send a body that never ends (``endless``), and a server can be
+pinned to one TLS version (``HttpsServer(..., tls_version=TLSVersion.TLSv1)``)
+to play a host that only speaks TLS 1.0.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import datetime
 import os
 import ssl
 import threading
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
@@ -52,6 +58,13 @@ class Site:
     framing: Framing = "length"  # Content-Length / chunked / until close
     delay: float = 0.0  # seconds to wait before answering
     cert: CertKind = "good"
+    # Seconds between single bytes of the body (the head goes at once unless
+    # ``drip_head``); 0 sends everything at once.
+    drip: float = 0.0
+    drip_head: bool = False
+    # After the body, keep sending it again until the client goes away (with
+    # "close" framing: no length; with "chunked": chunks that never end).
+    endless: bool = False
 
 
 class Certificates:
@@ -64,15 +77,22 @@ class Certificates:
         self.untrusted_ca = trustme.CA(organization_name="mtasts-fast untrusted CA")
         self.ca_file = os.path.join(directory, "test-ca.pem")
         self.ca.cert_pem.write_to_path(self.ca_file)
-        self._contexts: dict[tuple[CertKind, str], ssl.SSLContext] = {}
+        self._contexts: dict[tuple[CertKind, str, ssl.TLSVersion | None], ssl.SSLContext] = {}
 
-    def context(self, kind: CertKind, host: str) -> ssl.SSLContext:
-        """The server context presenting a ``kind`` certificate for ``host``."""
+    def context(
+        self, kind: CertKind, host: str, tls_version: ssl.TLSVersion | None = None
+    ) -> ssl.SSLContext:
+        """The server context presenting a ``kind`` certificate for ``host``.
+
+        ``tls_version`` pins the context to that one protocol version.
+        """
         with self._lock:
-            ctx = self._contexts.get((kind, host))
+            ctx = self._contexts.get((kind, host, tls_version))
             if ctx is None:
                 ctx = self._make(kind, host)
-                self._contexts[(kind, host)] = ctx
+                if tls_version is not None:
+                    pin_tls_version(ctx, tls_version)
+                self._contexts[(kind, host, tls_version)] = ctx
             return ctx
 
     def _make(self, kind: CertKind, host: str) -> ssl.SSLContext:
@@ -133,6 +153,21 @@ class Certificates:
         return ctx
 
 
+def pin_tls_version(ctx: ssl.SSLContext, version: ssl.TLSVersion) -> None:
+    """Make ``ctx`` speak only ``version``, legacy versions included.
+
+    TLS 1.0 and 1.1 need OpenSSL security level 0 (Debian's default level 2
+    refuses them and their SHA-1 signatures); Python warns that the versions
+    are deprecated, which is the point of a hostile host.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if version < ssl.TLSVersion.TLSv1_2:
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ctx.minimum_version = version
+        ctx.maximum_version = version
+
+
 @dataclass
 class _Table:
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -144,10 +179,19 @@ class _Table:
 class HttpsServer:
     """Serves the :class:`Site` table on ``ip``:``port`` (443 by default)."""
 
-    def __init__(self, certs: Certificates, ip: str, port: int = 443) -> None:
+    def __init__(
+        self,
+        certs: Certificates,
+        ip: str,
+        port: int = 443,
+        *,
+        tls_version: ssl.TLSVersion | None = None,
+    ) -> None:
         self.certs = certs
         self.ip = ip
         self.port = port
+        # Only this protocol version is spoken (None: what the defaults allow).
+        self.tls_version = tls_version
         self._table = _Table()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +225,8 @@ class HttpsServer:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         # Presented only when the SNI name is unknown (and then never valid).
         self.certs.ca.issue_cert("default.invalid").configure_cert(ctx)
+        if self.tls_version is not None:
+            pin_tls_version(ctx, self.tls_version)
         ctx.sni_callback = self._pick_certificate
         self._server = await asyncio.start_server(
             self._serve, self.ip, self.port, ssl=ctx, reuse_address=True
@@ -203,7 +249,7 @@ class HttpsServer:
             return None
         site = self.get_site(server_name)
         if site is not None:
-            sslobj.context = self.certs.context(site.cert, server_name.lower())
+            sslobj.context = self.certs.context(site.cert, server_name.lower(), self.tls_version)
         return None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -257,13 +303,47 @@ class HttpsServer:
             head.append(f"Content-Length: {len(site.body)}")
         elif site.framing == "chunked":
             head.append("Transfer-Encoding: chunked")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        if site.framing == "chunked":
-            for start in range(0, len(site.body), _CHUNK):
-                chunk = site.body[start : start + _CHUNK]
-                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                await writer.drain()
-            writer.write(b"0\r\n\r\n")
+        head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if site.drip and site.drip_head:
+            await _drip(writer, head_bytes, site.drip)
         else:
-            writer.write(site.body)
+            writer.write(head_bytes)
+        chunked = site.framing == "chunked"
+        body = b"".join(_framed_pieces(site.body, chunked))
+        if site.drip:
+            await _drip(writer, body, site.drip)
+        else:
+            writer.write(body)
         await writer.drain()
+        if site.endless:
+            # Until the client hangs up (drain raises) or close() cancels us.
+            again = b"".join(_framed_pieces(site.body or b"x" * _CHUNK, chunked))
+            while not writer.is_closing():
+                writer.write(again)
+                await writer.drain()
+                # drain() returns without yielding while the buffer is low; let
+                # the loop deliver the client's hang-up (connection_lost).
+                await asyncio.sleep(0)
+            return
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+def _framed_pieces(body: bytes, chunked: bool) -> list[bytes]:
+    """``body`` as written on the wire: itself, or chunks (the end chunk comes later)."""
+    if not chunked:
+        return [body]
+    return [
+        b"%x\r\n%s\r\n" % (len(body[i : i + _CHUNK]), body[i : i + _CHUNK])
+        for i in range(0, len(body), _CHUNK)
+    ]
+
+
+async def _drip(writer: asyncio.StreamWriter, data: bytes, interval: float) -> None:
+    for i in range(len(data)):
+        if writer.is_closing():
+            return
+        writer.write(data[i : i + 1])
+        await writer.drain()
+        await asyncio.sleep(interval)

@@ -6,6 +6,7 @@
     server.start()              # initdb + pg_ctl start, in a new temporary directory
     server.dsn("postgres")      # postgresql://postgres@127.0.0.1:<port>/postgres
     server.stop(); server.restart()     # same port, same data
+    server.kill(); server.restart()     # SIGKILL (a crash), then crash recovery
     with server.frozen(): ...   # every server process stopped (SIGSTOP): a hung server
     server.close()              # stop and delete everything
 
@@ -61,6 +62,15 @@ def find_bindir() -> Path | None:
         if all(os.access(candidate / tool, os.X_OK) for tool in _TOOLS):
             return candidate
     return None
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _free_port() -> int:
@@ -157,8 +167,28 @@ class PostgresServer:
         self._run("pg_ctl", "--pgdata", str(self.data_dir), "--mode", "fast", "--wait", "stop")
 
     def restart(self) -> None:
-        """Start again after :meth:`stop`, on the same port and data."""
+        """Start again after :meth:`stop` or :meth:`kill`, on the same port and data."""
         self._start_server()
+
+    def kill(self, timeout: float = 30.0) -> None:
+        """SIGKILL the postmaster, as a crash would, and wait for every server process
+        to be gone; :meth:`restart` then runs crash recovery on the same data."""
+        self.thaw()
+        pids = self._processes()
+        if not pids:
+            raise RuntimeError("the server is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[0], signal.SIGKILL)
+        # The backends notice the postmaster's death and exit; a new postmaster
+        # refuses to start while any of them still holds the shared memory.
+        deadline = time.monotonic() + timeout
+        while any(_running(pid) for pid in pids):
+            if time.monotonic() > deadline:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
 
     def close(self) -> None:
         if self.base is None:

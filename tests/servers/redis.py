@@ -10,6 +10,7 @@ bring it back under a client that stays open::
     server.command("FLUSHALL")         # a tiny synchronous client, parsed replies
     server.kill()                      # SIGKILL: connections refused
     server.start()                     # same port, same directory
+    RedisServer(tmp_dir, durable=True) # appendonly + fsync always: data survives kill()
     server.pause(); server.resume()    # SIGSTOP/SIGCONT: accepts, never answers
     server.stop()
 
@@ -203,13 +204,25 @@ class RedisServer(_Process):
     """A plain Redis server without persistence; ``unix_socket`` also listens there."""
 
     def __init__(
-        self, directory: str, name: str = "redis", *, unix_socket: str | None = None
+        self,
+        directory: str,
+        name: str = "redis",
+        *,
+        unix_socket: str | None = None,
+        durable: bool = False,
     ) -> None:
         super().__init__(directory, name)
         self.unix_socket = unix_socket
+        # durable: an append-only file synced on every write, so what was
+        # written survives kill() and is there again after start().
+        self.durable = durable
 
     def _argv(self) -> list[str]:
         unix = ["--unixsocket", self.unix_socket] if self.unix_socket else []
+        if self.durable:
+            persistence = ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            persistence = ["--appendonly", "no"]
         return [
             self.binary,
             *unix,
@@ -221,8 +234,7 @@ class RedisServer(_Process):
             self.directory,
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *persistence,
             "--daemonize",
             "no",
         ]

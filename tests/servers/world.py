@@ -58,6 +58,7 @@ import logging
 import random
 import secrets
 import shutil
+import ssl
 import tempfile
 import threading
 from collections.abc import Coroutine, Sequence
@@ -113,6 +114,7 @@ class World:
         self.certs = Certificates(self._dir)
         self._dns = DnsServer(self.zone)
         self._https: HttpsServer | None = None
+        self._extra_https: list[HttpsServer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._counter = itertools.count(1)
@@ -166,9 +168,12 @@ class World:
 
     async def _astart(self) -> None:
         await self._dns.start()
+        self._https = await self._start_https_server(None)
+
+    async def _start_https_server(self, tls_version: ssl.TLSVersion | None) -> HttpsServer:
         candidates = random.sample(range(2, 255), 40)
         for last in candidates:
-            server = HttpsServer(self.certs, f"127.0.0.{last}")
+            server = HttpsServer(self.certs, f"127.0.0.{last}", tls_version=tls_version)
             try:
                 await server.start()
             except PermissionError as exc:
@@ -180,14 +185,35 @@ class World:
                 if exc.errno == errno.EADDRINUSE:
                     continue
                 raise WorldUnavailable(f"cannot bind 127.0.0.{last}:443: {exc}") from exc
-            self._https = server
-            return
+            return server
         raise WorldUnavailable("port 443 is in use on every 127.0.0.x tried")
 
     async def _astop(self) -> None:
+        for server in self._extra_https:
+            await server.close()
         if self._https is not None:
             await self._https.close()
         await self._dns.close()
+
+    def start_https_server(self, *, tls_version: ssl.TLSVersion | None = None) -> HttpsServer:
+        """Another policy-host server on a free 127.0.0.x:443, stopped with the world.
+
+        ``tls_version`` pins it to one protocol version (e.g. a TLS 1.0-only
+        host). Put a domain on it with :meth:`serve_from`.
+        """
+        server = self._call(self._start_https_server(tls_version))
+        self._extra_https.append(server)
+        return server
+
+    def serve_from(self, domain: str, server: HttpsServer) -> None:
+        """Move ``mta-sts.<domain>`` (its A record and its site) to ``server``."""
+        assert self._https is not None, "world not started"
+        host = f"mta-sts.{domain}"
+        site = self._https.get_site(host)
+        assert site is not None, f"{domain} has no policy site to move"
+        self._https.remove_site(host)
+        server.set_site(host, site)
+        self.zone.set(host, "A", [server.ip])
 
     # --- addresses ---
 
@@ -310,6 +336,9 @@ class World:
                 "cert": current.cert,
                 "framing": current.framing,
                 "delay": current.delay,
+                "drip": current.drip,
+                "drip_head": current.drip_head,
+                "endless": current.endless,
             }
         fields.update(site)
         if "headers" in fields:
