@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 
 __all__ = ["LEVELS", "configure_logging", "reopen_log_file"]
@@ -24,6 +26,19 @@ _FORMAT = "%(asctime)s %(levelname)-8s [%(process)d] %(name)s: %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
+# A new log file is readable by the daemon's group, never writable by others,
+# whatever the umask (a world-writable log lets anyone forge its lines).
+_LOG_FILE_MODE = 0o640
+
+
+class _LogFileHandler(logging.FileHandler):
+    """A FileHandler that creates its file with _LOG_FILE_MODE (also on reopen)."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _LOG_FILE_MODE)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def configure_logging(level: str, logfile: str | None) -> None:
     """Log to ``logfile`` (appending) or to stderr, at ``level``.
 
@@ -33,7 +48,7 @@ def configure_logging(level: str, logfile: str | None) -> None:
     """
     handler: logging.Handler
     if logfile:
-        handler = logging.FileHandler(logfile, encoding="utf-8", delay=False)
+        handler = _LogFileHandler(logfile, encoding="utf-8", delay=False)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))

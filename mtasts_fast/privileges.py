@@ -67,9 +67,11 @@ def drop_privileges(user: str | None, group: str | None) -> None:
     which only changes the effective IDs, nothing here can be undone by the
     process afterwards.
     """
+    if user is None and os.geteuid() == 0:
+        # Also with -g alone: the uid stays 0, so the process keeps every
+        # capability of root whatever its group is.
+        _log.warning("running as root; use -u/--user to drop privileges after binding")
     if user is None and group is None:
-        if os.geteuid() == 0:
-            _log.warning("running as root; use -u/--user to drop privileges after binding")
         return
     uid, gid = target_ids(user, group)
     account = _lookup_user(user) if user is not None else None

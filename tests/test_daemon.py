@@ -7,6 +7,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,25 @@ def test_sighup_does_not_kill(world: Any, tmp_path: Path, start: Any) -> None:
     code, out = _stop(proc)
     assert code == 0, out
     assert "SIGHUP" in logfile.read_text()  # written to the reopened file
+    # Both files were created without write access for others, whatever the
+    # umask (the test runner's is usually 022; the daemon's may be 0).
+    for path in (logfile, tmp_path / "daemon.log.1"):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o027 == 0, oct(path.stat().st_mode)
+
+
+def test_log_file_is_not_world_writable_under_umask_0(
+    world: Any, tmp_path: Path, start: Any
+) -> None:
+    config, port = _write_config(tmp_path, world)
+    logfile = tmp_path / "umask0.log"
+    old = os.umask(0)
+    try:
+        proc = start(config, "-l", str(logfile), wait_port=port)
+    finally:
+        os.umask(old)
+    code, out = _stop(proc)
+    assert code == 0, out
+    assert stat.S_IMODE(logfile.stat().st_mode) == 0o640
 
 
 def test_listen_failure_exits_1_with_reason(world: Any, tmp_path: Path, start: Any) -> None:

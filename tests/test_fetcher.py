@@ -8,9 +8,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiodns
 import pytest
 
 from mtasts_fast import __version__
+from mtasts_fast import fetcher as fetcher_module
 from mtasts_fast.fetcher import FetchResult, Outcome, PolicyFetcher, parse_nameservers
 from mtasts_fast.policy import MAX_AGE_LIMIT
 from tests.servers.proxy import ConnectProxy
@@ -472,3 +474,35 @@ async def test_default_configuration_starts_and_closes() -> None:
     await fetcher.start()  # idempotent
     await fetcher.close()
     await fetcher.close()
+
+
+async def test_the_dns_channel_is_replaced_and_the_old_one_closed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # c-ares caches answers (negative ones too) for up to an hour; the fetcher
+    # bounds that by using a fresh channel every few minutes. Lifetime 0: a
+    # new channel for every query, each closed once its queries are over.
+    monkeypatch.setattr(fetcher_module, "_DNS_CHANNEL_LIFETIME", 0.0)
+    closed: list[object] = []
+    real_close = aiodns.DNSResolver.close
+
+    async def counting_close(self: aiodns.DNSResolver) -> None:
+        closed.append(self)
+        await real_close(self)
+
+    monkeypatch.setattr(aiodns.DNSResolver, "close", counting_close)
+    instance = PolicyFetcher(nameservers=[world.nameserver], ca_file=world.ca_file)
+    await instance.start()
+    try:
+        first = instance._channel()
+        results = await asyncio.gather(*(instance.fetch("good.loc", 5) for _ in range(3)))
+        assert [r.outcome for r in results] == [Outcome.POLICY] * 3
+        assert instance._channel() is not first
+        assert len(instance._retired) >= 4  # TXT + A lookups, each on its own channel
+        assert closed == []  # queries started on them may still be running
+    finally:
+        retired = len(instance._retired)
+        await instance.close()
+    # close() closes the current channel and every retired one at once.
+    assert len(closed) == retired + 1
+    assert len(set(map(id, closed))) == len(closed)

@@ -238,9 +238,10 @@ def pip_freeze(python: Path) -> list[str]:
     return out.stdout.split()
 
 
-def make_domains(n: int) -> list[dict[str, Any]]:
+def make_domains(n: int, start: int = 0) -> list[dict[str, Any]]:
+    """Records of domains ``start`` to ``start + n - 1`` (scaling.py seeds 10⁶ in chunks)."""
     records = []
-    for i in range(n):
+    for i in range(start, start + n):
         domain = f"d{i:07d}.bench.test"
         mx = [f"mx1.{domain}", f"*.mail.{domain}"]
         lines = [
@@ -350,15 +351,22 @@ def _clean_env() -> dict[str, str]:
 
 
 class Server:
-    """One server process pinned to the server core."""
+    """One server process pinned to the server core (``cores=None``: not pinned)."""
 
-    def __init__(self, name: str, argv: list[str], address: str, logfile: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        address: str,
+        logfile: Path,
+        cores: str | None = SERVER_CORE,
+    ) -> None:
         self.name = name
         self.address = address
         self.logfile = logfile
         self._log = open(logfile, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, *argv],
+            ["taskset", "-c", cores, *argv] if cores else argv,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
