@@ -34,6 +34,7 @@ from mtasts_fast.cache.base import NO_POLICY, FetchFailure
 from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.config import Config
 from mtasts_fast.fetcher import FetchResult, Outcome, PolicyFetcher
+from mtasts_fast.memo import make_room
 
 __all__ = ["PolicyRefresher", "Refreshed", "backoff_delay"]
 
@@ -110,8 +111,7 @@ class PolicyRefresher:
         return False
 
     def _remember_retry(self, domain: str, until: float) -> None:
-        if len(self._retry_at) >= _MEMO_LIMIT:
-            self._retry_at.clear()
+        make_room(self._retry_at, _MEMO_LIMIT)
         self._retry_at[domain] = until
 
     # -- fetching --------------------------------------------------------------------------

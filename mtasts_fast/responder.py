@@ -19,6 +19,7 @@ from mtasts_fast.cache import Cache, CacheEntry
 from mtasts_fast.config import Config, ZoneConfig
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.keys import normalise_key
+from mtasts_fast.memo import make_room
 from mtasts_fast.netstring import encode
 from mtasts_fast.refresh import PolicyRefresher
 from mtasts_fast.reply import NOTFOUND, render_policy
@@ -119,8 +120,7 @@ class Responder:
         return self._answer_slow(domain, zone)
 
     def _normalise(self, raw_key: bytes) -> str | None:
-        if len(self._keys) >= _KEY_MEMO_LIMIT:
-            self._keys.clear()
+        make_room(self._keys, _KEY_MEMO_LIMIT)
         domain = normalise_key(raw_key)
         self._keys[raw_key] = domain
         return domain
@@ -184,8 +184,7 @@ class Responder:
             return
         if self.refresher.in_backoff(domain, now):
             return
-        if len(self._attempted) >= _KEY_MEMO_LIMIT:
-            self._attempted.clear()
+        make_room(self._attempted, _KEY_MEMO_LIMIT)
         self._attempted[domain] = now
         self._spawn(self.refresher.refresh(domain, entry.policy_id, zone.timeout, previous=entry))
 

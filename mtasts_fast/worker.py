@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -130,6 +131,10 @@ async def _serve(
         except Exception:
             _log.exception("worker %d cannot start", number)
             return WORKER_EXIT_FATAL
+        # Everything built so far (modules, config, cache, server) lives as
+        # long as the worker: frozen, a full collection no longer walks it
+        # again and again while the worker serves.
+        gc.freeze()
         os.write(ready_fd, READY_BYTE)
         os.close(ready_fd)
         background = [asyncio.ensure_future(prune_forever(cache))]

@@ -128,6 +128,7 @@ from mtasts_fast.cache.codec import (
     encode_failure,
     encode_lease,
 )
+from mtasts_fast.memo import make_room
 
 __all__ = ["LmdbCache"]
 
@@ -376,8 +377,7 @@ class LmdbCache(Cache):
         entry = decode_entry(domain, data)
         if entry is None:
             return None
-        if len(self._memo) >= MEMO_LIMIT:
-            self._memo.clear()
+        make_room(self._memo, MEMO_LIMIT)
         self._memo[domain] = (data, entry)
         return entry
 
