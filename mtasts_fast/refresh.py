@@ -111,8 +111,21 @@ class PolicyRefresher:
         return False
 
     def _remember_retry(self, domain: str, until: float) -> None:
-        make_room(self._retry_at, _MEMO_LIMIT)
-        self._retry_at[domain] = until
+        memo = self._retry_at
+        # Re-inserted at the end, so the dict stays in insertion order and
+        # the oldest entries (the first to expire) come first.
+        memo.pop(domain, None)
+        make_room(memo, _MEMO_LIMIT)
+        memo[domain] = until
+        # Forget a few expired entries from the front: without it the memo
+        # would fill with domains nobody asks for again until the bound, and
+        # hold memory a fetch-free worker never gives back.
+        now = self._clock()
+        for _ in range(4):
+            oldest = next(iter(memo))
+            if memo[oldest] > now:
+                break
+            del memo[oldest]
 
     # -- fetching --------------------------------------------------------------------------
 

@@ -429,3 +429,22 @@ async def test_a_backend_that_only_fails_writes_is_reported_once_not_per_lookup(
         assert daemon.responder.backend_errors == 5
     finally:
         await daemon.stop()
+
+
+async def test_the_in_process_backoff_memo_forgets_expired_domains(
+    world: World, tmp_path: Path
+) -> None:
+    clock = Clock()
+    daemon = await start_daemon(world, tmp_path, clock=clock, negative_ttl=60)
+    try:
+        client = await daemon.connect()
+        for _ in range(3):
+            for _ in range(10):
+                domain = world.fresh_domain("gone")
+                world.add_domain(domain, txt=None)
+                assert await client.ask(f"postfix {domain}") == NOTFOUND
+            clock.advance(61)
+        # Only the last ten (still within negative_ttl) are remembered.
+        assert len(daemon.responder.refresher._retry_at) <= 10 + 4
+    finally:
+        await daemon.stop()
