@@ -70,7 +70,6 @@ class Responder:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._cache = cache
-        self._fetcher = fetcher
         self._clock = clock
         self._grace = config.cache_grace
         self._default_zone = _Zone(config.default_zone)
