@@ -90,7 +90,8 @@ class PolicyRefresher:
         # backoff or negatively cached: checked on the hot path.
         self._retry_at: dict[str, float] = {}
         self.fallback = InternalCache(_FALLBACK_SIZE)
-        self._failing: set[str] = set()  # "read" and/or "write", while they fail
+        # "read" and/or "write" while they fail, with the calls failed since.
+        self._failing: dict[str, int] = {}
         #: Failed backend calls since start (for the metrics to come).
         self.backend_errors = 0
         #: Fetch outcomes by kind: "policy", "not-changed", "no-policy", the RFC
@@ -281,8 +282,9 @@ class PolicyRefresher:
     def backend_failed(self, what: str, exc: Exception) -> None:
         """Count a failed backend call; ``what`` is "read" or "write"."""
         self.backend_errors += 1
-        if what not in self._failing:
-            self._failing.add(what)
+        failed = self._failing.get(what)
+        self._failing[what] = (failed or 0) + 1
+        if failed is None:
             _log.warning(
                 "cache backend %s failed (%s); answering from fetches and an in-process "
                 "fallback cache until it is back",
@@ -295,11 +297,9 @@ class PolicyRefresher:
         # Reads and writes recover separately: with a full disk or a locked
         # file, reads work while writes fail, and a read must not announce a
         # recovery that the next write contradicts (a log line per lookup).
-        if what in self._failing:
-            self._failing.discard(what)
-            _log.warning(
-                "cache backend is back for %ss after %d failed calls", what, self.backend_errors
-            )
+        failed = self._failing.pop(what, None)
+        if failed is not None:
+            _log.warning("cache backend is back for %ss after %d failed calls", what, failed)
 
     @property
     def backend_down(self) -> bool:

@@ -431,6 +431,41 @@ async def test_a_backend_that_only_fails_writes_is_reported_once_not_per_lookup(
         await daemon.stop()
 
 
+class _FlakyWriteCache(InternalCache):
+    """Writes fail while ``broken`` is set."""
+
+    broken = False
+
+    async def put(self, entry: Any) -> None:
+        if self.broken:
+            raise CacheUnavailable("No space left on device")
+        await super().put(entry)
+
+
+async def test_a_recovery_counts_the_failures_of_its_own_outage(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = _FlakyWriteCache(100)
+    daemon = await start_daemon(world, tmp_path, cache=cache)
+    try:
+        caplog.set_level(logging.WARNING, logger="mtasts_fast.refresh")
+        for failures in (3, 2):
+            cache.broken = True
+            for _ in range(failures):
+                assert await daemon.ask(f"postfix {_policy_domain(world)}") == OK_MAIL
+            cache.broken = False
+            assert await daemon.ask(f"postfix {_policy_domain(world)}") == OK_MAIL
+        messages = [r.getMessage() for r in caplog.records]
+        back = [m for m in messages if m.startswith("cache backend is back")]
+        assert back == [
+            "cache backend is back for writes after 3 failed calls",
+            "cache backend is back for writes after 2 failed calls",
+        ]
+        assert daemon.responder.backend_errors == 5
+    finally:
+        await daemon.stop()
+
+
 async def test_the_in_process_backoff_memo_forgets_expired_domains(
     world: World, tmp_path: Path
 ) -> None:
