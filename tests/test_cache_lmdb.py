@@ -498,6 +498,117 @@ async def test_get_nowait_returns_same_object_until_changed(tmp_path: Path) -> N
         await cache.close()
 
 
+@pytest.mark.parametrize("layout", ["file", "directory"])
+async def test_commit_counter_reads_lmdbs_last_transaction_id(tmp_path: Path, layout: str) -> None:
+    path = str(tmp_path / "cache.lmdb") + ("/" if layout == "directory" else "")
+    cache = await open_cache(path)
+    try:
+        assert cache._env is not None
+        assert cache._commits is not None
+        for i in range(3):
+            assert cache._commits.value() == cache._env.info()["last_txnid"]
+            await cache.put(make_entry(f"d{i}.example"))
+        assert cache._commits.value() == cache._env.info()["last_txnid"]
+    finally:
+        await cache.close()
+
+
+class _NoReads:
+    """An environment stand-in that fails any read transaction."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.env = env
+
+    def begin(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a read transaction was opened")
+
+
+async def test_a_memoised_hit_opens_no_transaction_until_something_is_committed(
+    tmp_path: Path,
+) -> None:
+    cache = await open_cache(str(tmp_path / "cache.lmdb"))
+    try:
+        await cache.put(make_entry("example.com", pid="one"))
+        first = cache.get_nowait("example.com")
+        assert first is not None
+        real = cache._env
+        assert real is not None
+        cache._env = _NoReads(real)  # type: ignore[assignment]
+        try:
+            assert cache.get_nowait("example.com") is first
+        finally:
+            cache._env = real
+        # Any commit, even of another domain, makes the next hit read again
+        # (and find its bytes unchanged: the same object).
+        await cache.put(make_entry("other.example"))
+        cache._env = _NoReads(real)  # type: ignore[assignment]
+        try:
+            with pytest.raises(AssertionError, match="read transaction"):
+                cache.get_nowait("example.com")
+        finally:
+            cache._env = real
+        assert cache.get_nowait("example.com") is first
+    finally:
+        await cache.close()
+
+
+_WRITE_FROM_ANOTHER_PROCESS = """
+import asyncio, sys
+from mtasts_fast.cache.lmdb import LmdbCache
+from tests.cache_contract import make_entry
+
+async def main() -> None:
+    cache = LmdbCache({"path": sys.argv[1], "map_size": 64 << 20})
+    await cache.setup()
+    if sys.argv[2] == "delete":
+        await cache.delete("example.com")
+    else:
+        await cache.put(make_entry("example.com", pid=sys.argv[2]))
+    await cache.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_memoised_hits_see_writes_and_deletes_of_other_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path)
+
+    def other_process(action: str) -> None:
+        subprocess.run(
+            [sys.executable, "-c", _WRITE_FROM_ANOTHER_PROCESS, path, action],
+            check=True,
+            cwd=ROOT,
+        )
+
+    try:
+        await cache.put(make_entry("example.com", pid="one"))
+        for _ in range(2):  # memoised and stamped
+            got = cache.get_nowait("example.com")
+            assert got is not None
+            assert got.policy_id == "one"
+        other_process("two")
+        got = cache.get_nowait("example.com")
+        assert got is not None
+        assert got.policy_id == "two"
+        other_process("delete")
+        assert cache.get_nowait("example.com") is None
+        assert "example.com" not in cache._memo
+    finally:
+        await cache.close()
+
+
+async def test_commit_counter_refuses_a_file_it_does_not_recognise(tmp_path: Path) -> None:
+    from mtasts_fast.cache.lmdb import _CommitCounter
+
+    filename = tmp_path / "not-lmdb"
+    filename.write_bytes(b"\0" * 8192)
+    # The magic number is checked first, so no environment is needed.
+    counter = _CommitCounter(str(filename), 4096, None)  # type: ignore[arg-type]
+    assert counter.value() is None
+    counter.close()
+
+
 @pytest.mark.parametrize(
     "domain",
     [pytest.param("", id="empty"), pytest.param("x" * 600, id="over-lmdb-key-limit")],

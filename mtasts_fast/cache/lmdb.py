@@ -45,6 +45,21 @@ Reads
     ``rendered`` replies the responder keeps. Comparing the bytes makes the
     memo exact: a write by any process is seen on the next read.
 
+    Each memo entry is also stamped with the id of the last committed
+    transaction, read before the read transaction began. While that id is
+    unchanged nobody has committed anything, so the entry is returned
+    without opening a transaction at all: a hit then costs the same with
+    10³ or 10⁶ entries, instead of a B-tree descent that touches more pages
+    (and more TLB and cache misses) the bigger the file. LMDB keeps that id
+    in its two meta pages (the first two pages of the data file; the newer
+    one holds the higher id, updated by the single write that makes a commit
+    visible), and ``env.info()`` reads it but costs more than a read
+    transaction, so the pages are mapped read-only and the id read in place
+    (``_CommitCounter``). Its layout is checked at open against
+    ``env.info()``; on any mismatch the stamps are not used and every hit
+    reads the file as before. The id is bumped by the commit itself, so it
+    is exact across processes and crashes.
+
 Writes
     All writes run on one dedicated thread per process, one at a time (an
     ``asyncio.Lock`` guards the hand-off), because a write may wait for LMDB's
@@ -102,6 +117,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import os
 import struct
 import time
@@ -150,7 +166,7 @@ EVICT_DIVISOR = 100
 WRITE_BATCH = 1000
 # Decoded entries memoised per process, about 2 KiB each with a rendered
 # reply (so at most ~20 MiB); the old daemon's LRU default holds as many.
-# Cleared when full, like the responder's key memo.
+# When full, its oldest eighth is dropped (memo.make_room).
 MEMO_LIMIT = 10_000
 # Pages kept free, beyond twice an eviction batch, so that the entries can
 # still be evicted when the map is nearly full.
@@ -222,6 +238,68 @@ def _restrict(filename: str) -> None:
 # Outcomes of one attempt on the writer thread.
 _DONE, _FULL, _RESIZED = range(3)
 
+# LMDB's meta page (lmdb.h, MDB_meta, on-disk format version 1): a 16-byte
+# page header, then magic (u32), version (u32), address, map size, two
+# 48-byte database records and the last page number (8 bytes each on 64-bit
+# builds), then the transaction id.
+_META_MAGIC = 0xBEEFC0DE
+_META_VERSION = 1
+_META_MAGIC_OFFSET = 16
+_META_TXNID_OFFSET = 16 + 4 + 4 + 8 + 8 + 2 * 48 + 8
+
+
+class _CommitCounter:
+    """The id of the last committed write transaction, read from the map.
+
+    ``value()`` is a few dozen nanoseconds, against ~0.9 µs for a read
+    transaction and ~1.6 µs for ``env.info()``. Returns None if the layout
+    of the file is not the one this was written for (checked at open).
+    """
+
+    def __init__(self, filename: str, page_size: int, env: lmdb.Environment) -> None:
+        self._map: mmap.mmap | None = None
+        self._words: memoryview | None = None
+        if struct.calcsize("P") != 8 or page_size % 8:
+            return
+        with open(filename, "rb") as file:
+            self._map = mmap.mmap(file.fileno(), 2 * page_size, access=mmap.ACCESS_READ)
+        self._words = memoryview(self._map).cast("Q")
+        self._first = _META_TXNID_OFFSET // 8
+        self._second = (page_size + _META_TXNID_OFFSET) // 8
+        if not self._layout_matches(page_size, env):
+            _log.debug("LMDB meta page layout not recognised; every hit reads the file")
+            self.close()
+
+    def _layout_matches(self, page_size: int, env: lmdb.Environment) -> bool:
+        assert self._map is not None
+        for page in (0, page_size):
+            magic, version = struct.unpack_from("=II", self._map, page + _META_MAGIC_OFFSET)
+            if magic != _META_MAGIC or version != _META_VERSION:
+                return False
+        # Another process may commit between the two reads; try again then.
+        for _ in range(5):
+            before = env.info()["last_txnid"]
+            ours = self.value()
+            if ours == before == env.info()["last_txnid"]:
+                return True
+        return False
+
+    def value(self) -> int | None:
+        words = self._words
+        if words is None:
+            return None
+        first = words[self._first]
+        second = words[self._second]
+        return first if first > second else second
+
+    def close(self) -> None:
+        if self._words is not None:
+            self._words.release()
+            self._words = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
 
 class LmdbCache(Cache):
     """LMDB-backed cache shared by every process on the host (see module doc)."""
@@ -244,7 +322,9 @@ class LmdbCache(Cache):
         self._writer: ThreadPoolExecutor | None = None
         self._page_size = 4096
         self._write_lock = asyncio.Lock()
-        self._memo: dict[str, tuple[bytes, CacheEntry]] = {}
+        # domain -> (stored bytes, decoded entry, last commit id when read)
+        self._memo: dict[str, tuple[bytes, CacheEntry, int | None]] = {}
+        self._commits: _CommitCounter | None = None
 
     # -- opening and closing ------------------------------------------------------
 
@@ -292,6 +372,7 @@ class LmdbCache(Cache):
             self._by_checked = env.open_db(_BY_CHECKED)
             self._failures = env.open_db(_FAILURES)
             self._failures_by_retry = env.open_db(_FAILURES_BY_RETRY)
+            self._commits = _CommitCounter(files[0], self._page_size, env)
         except BaseException:
             env.close()
             raise
@@ -301,6 +382,9 @@ class LmdbCache(Cache):
         if self._writer is None:
             return
         async with self._write_lock:
+            if self._commits is not None:
+                self._commits.close()
+                self._commits = None
             if self._env is not None:
                 self._env.close()
                 self._env = None
@@ -356,6 +440,13 @@ class LmdbCache(Cache):
         env = self._env
         if env is None:
             raise CacheUnavailable("the LMDB cache is not open")
+        # Read before the transaction begins: a commit after this point
+        # changes it, so a stamp never vouches for bytes older than itself.
+        commits = self._commits
+        commit = commits.value() if commits is not None else None
+        memo = self._memo.get(domain)
+        if memo is not None and commit is not None and memo[2] == commit:
+            return memo[1]
         key = domain.encode()
         try:
             txn = env.begin(self._policies)
@@ -370,15 +461,19 @@ class LmdbCache(Cache):
         except lmdb.Error as exc:
             raise CacheUnavailable(f"LMDB read failed: {exc}") from exc
         if data is None:
+            if memo is not None:
+                self._memo.pop(domain, None)
             return None
-        memo = self._memo.get(domain)
         if memo is not None and memo[0] == data:
+            if memo[2] != commit:
+                self._memo[domain] = (data, memo[1], commit)
             return memo[1]
         entry = decode_entry(domain, data)
         if entry is None:
             return None
-        make_room(self._memo, MEMO_LIMIT)
-        self._memo[domain] = (data, entry)
+        if memo is None:
+            make_room(self._memo, MEMO_LIMIT)
+        self._memo[domain] = (data, entry, commit)
         return entry
 
     def _adopt_map_size(self) -> None:
