@@ -3,7 +3,8 @@
 The worker opens the cache and the fetcher's resolver and HTTP session itself,
 after the fork (an LMDB environment or a database connection must never cross
 a fork), writes one byte to the ready pipe once it answers, prunes the cache
-now and then, and stops gracefully on SIGTERM or when the supervisor is gone.
+and trims the C heap (heap.py) now and then, and stops gracefully on SIGTERM
+or when the supervisor is gone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mtasts_fast.cache import CacheUnavailable, create_cache
 from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
+from mtasts_fast.heap import trim_forever
 from mtasts_fast.logs import reopen_log_file
 from mtasts_fast.maintenance import prune_forever
 from mtasts_fast.proactive import ProactiveRefresher
@@ -137,7 +139,12 @@ async def _serve(
         gc.freeze()
         os.write(ready_fd, READY_BYTE)
         os.close(ready_fd)
-        background = [asyncio.ensure_future(prune_forever(cache))]
+        refresher = responder.refresher
+        background = [
+            asyncio.ensure_future(prune_forever(cache)),
+            # Fetches leave freed C memory in the heap; give it back now and then.
+            asyncio.ensure_future(trim_forever(lambda: refresher.counts.total())),
+        ]
         if config.proactive_policy_fetching.enabled:
             # Every worker competes for the pass; the cache's lease lets one run it.
             proactive = ProactiveRefresher(config, cache, responder.refresher)

@@ -1,0 +1,87 @@
+"""Returning freed C memory to the kernel after fetches (mtasts_fast/heap.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import platform
+
+import pytest
+
+from mtasts_fast.heap import load_malloc_trim, rss_anon_kib, trim_forever
+
+
+async def _run_for(seconds: float, *args: object, **kwargs: object) -> None:
+    task = asyncio.ensure_future(trim_forever(*args, **kwargs))  # type: ignore[arg-type]
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_trims_only_after_activity() -> None:
+    activity = 0
+    calls: list[int] = []
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        return 1
+
+    async def fetch_now_and_then() -> None:
+        nonlocal activity
+        await asyncio.sleep(0.035)
+        activity += 3  # fetches between the second and the fourth tick
+
+    fetching = asyncio.ensure_future(fetch_now_and_then())
+    await _run_for(0.2, lambda: activity, 0.02, trim)
+    await fetching
+    assert calls == [0], "one trim, for the one period with fetches"
+
+
+async def test_no_activity_no_trim() -> None:
+    calls: list[int] = []
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        return 1
+
+    await _run_for(0.1, lambda: 7, 0.01, trim)
+    assert calls == []
+
+
+async def test_returns_at_once_without_malloc_trim(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mtasts_fast.heap.load_malloc_trim", lambda: None)
+    await asyncio.wait_for(trim_forever(lambda: 0, 0.01), 1.0)
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_malloc_trim_gives_freed_heap_memory_back() -> None:
+    trim = load_malloc_trim()
+    assert trim is not None
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    # 64 MiB in small blocks (below the mmap threshold, so from the heap),
+    # touched so that they are resident; then all freed but the last, which
+    # pins the top of the heap so that free() alone cannot shrink it.
+    blocks = []
+    for _ in range(64 * 16):
+        block = libc.malloc(64 * 1024)
+        libc.memset(block, 1, 64 * 1024)
+        blocks.append(block)
+    before_free = rss_anon_kib()
+    for block in blocks[:-1]:
+        libc.free(block)
+    after_free = rss_anon_kib()
+    trim(0)
+    after_trim = rss_anon_kib()
+    libc.free(blocks[-1])
+    assert before_free is not None
+    assert after_free is not None
+    assert after_trim is not None
+    assert after_free > before_free - 16 * 1024, "free() alone returned the memory"
+    assert after_trim < after_free - 32 * 1024, (before_free, after_free, after_trim)
