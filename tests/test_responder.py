@@ -195,7 +195,9 @@ async def test_concurrent_misses_share_one_fetch(daemon: Running, world: Any) ->
     world.add_domain(domain, policy=world.policy_text("enforce", ["mx." + domain]))
     replies = await asyncio.gather(*(daemon.ask("postfix " + domain) for _ in range(50)))
     assert set(replies) == {f"OK secure match=mx.{domain} servername=hostname".encode()}
-    assert world.txt_queries(domain) == 1
+    # One DNS lookup; a retransmission by c-ares on a loaded machine is the
+    # same query again (same id), not a second lookup.
+    assert world.distinct_txt_queries(domain) == 1
     assert world.https_requests(domain) == 1
 
 

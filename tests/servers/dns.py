@@ -48,6 +48,9 @@ class Zone:
         self._rcodes: dict[str, int] = {}
         self._stalls: dict[str, float | None] = {}
         self._counts: Counter[tuple[str, str]] = Counter()
+        # Message ids per (name, type): a resolver's retransmission of one
+        # query reuses its id, so these count the queries meant, not sent.
+        self._ids: dict[tuple[str, str], set[int]] = {}
 
     # --- editing (any thread) ---
 
@@ -102,6 +105,11 @@ class Zone:
         with self._lock:
             return self._counts[(_norm(name), rtype)]
 
+    def distinct_queries(self, name: str, rtype: str) -> int:
+        """Queries with distinct message ids (retransmissions counted once)."""
+        with self._lock:
+            return len(self._ids.get((_norm(name), rtype), ()))
+
     def lookup_a(self, name: str) -> str | None:
         """The first A record of ``name`` after CNAMEs, or None."""
         with self._lock:
@@ -134,6 +142,7 @@ class Zone:
         with self._lock:
             name = _norm(qname)
             self._counts[(name, qtype)] += 1
+            self._ids.setdefault((name, qtype), set()).add(request.header.id)
             if name in self._rcodes:
                 reply.header.rcode = self._rcodes[name]
                 return reply

@@ -372,6 +372,11 @@ class World:
         """TXT queries received for ``_mta-sts.<domain>`` (UDP and TCP, retries too)."""
         return self.zone.queries(f"_mta-sts.{domain}", "TXT")
 
+    def distinct_txt_queries(self, domain: str) -> int:
+        """TXT queries for ``_mta-sts.<domain>`` with distinct message ids: the
+        lookups a resolver made, its retransmissions (same id) counted once."""
+        return self.zone.distinct_queries(f"_mta-sts.{domain}", "TXT")
+
     def https_requests(self, domain: str) -> int:
         """HTTP requests received with ``Host: mta-sts.<domain>``."""
         assert self._https is not None, "world not started"
