@@ -1,4 +1,4 @@
-"""A small DNS server for the tests: UDP and TCP on one 127.0.0.1 port (dnslib).
+"""A small DNS server for the tests: UDP and TCP on one port of one address (dnslib).
 
 It answers from an in-memory :class:`Zone` the way a recursive resolver would
 for its clients: CNAME chains inside the zone are followed and the chain is put
@@ -6,6 +6,11 @@ in the answer, unknown names get NXDOMAIN, names without the asked type get
 NODATA. Per name it can also answer with a fixed rcode (SERVFAIL, REFUSED),
 delay its answers, or never answer at all (a "blackhole"). Every TTL is 0 so
 c-ares never caches an answer and tests see each change at once.
+
+Record types: A, AAAA, CNAME, TXT, MX (the Null MX of RFC 7505 included) and
+TLSA (RFC 6698, for DANE). The server listens on 127.0.0.1 and an ephemeral
+port unless told otherwise: a stub resolver configured through resolv.conf
+(Postfix's smtp(8)) can only reach port 53.
 
 UDP answers larger than 512 bytes are truncated (TC bit) so that a client has
 to retry over TCP, as with a real server.
@@ -15,19 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RD, RR, TLSA, TXT, A, DNSRecord
 
 __all__ = ["DnsServer", "Zone"]
 
 _UDP_LIMIT = 512  # RFC 1035 §4.2.1; we ignore EDNS to exercise the TCP fallback
 _MAX_CHAIN = 8
-_RDATA = {"A": A, "AAAA": AAAA, "CNAME": CNAME}
+_NAME_RDATA = {"A": A, "AAAA": AAAA, "CNAME": CNAME}
 
 
 def _norm(name: str) -> str:
@@ -36,7 +42,8 @@ def _norm(name: str) -> str:
 
 @dataclass
 class _Node:
-    records: dict[str, list[object]] = field(default_factory=dict)
+    # Record data per type, built (and so checked) when the test sets it.
+    records: dict[str, list[RD]] = field(default_factory=dict)
 
 
 class Zone:
@@ -57,13 +64,22 @@ class Zone:
     def set(self, name: str, rtype: str, values: Sequence[object]) -> None:
         """Replace the ``rtype`` records of ``name``; an empty list keeps the name.
 
-        TXT values are sequences of byte strings (one per character-string);
-        A, AAAA and CNAME values are strings.
+        Values per type:
+
+        - A, AAAA, CNAME: a string (address or target name);
+        - TXT: a sequence of byte strings, one per character-string;
+        - MX: ``(preference, exchange)``; ``(0, ".")`` is the Null MX (RFC 7505 §3);
+        - TLSA: ``(usage, selector, matching_type, data)`` with ``data`` as bytes
+          or as a hex string (RFC 6698 §2.1).
+
+        A value of the wrong shape raises ``ValueError`` here, in the test,
+        rather than later in the server's thread.
         """
+        rdata = [_rdata(rtype, value) for value in values]
         with self._lock:
             node = self._nodes.setdefault(_norm(name), _Node())
-            if values:
-                node.records[rtype] = list(values)
+            if rdata:
+                node.records[rtype] = rdata
             else:
                 node.records.pop(rtype, None)
 
@@ -153,25 +169,51 @@ class Zone:
                     reply.header.rcode = RCODE.NXDOMAIN
                     break
                 if qtype in node.records:
-                    for value in node.records[qtype]:
-                        reply.add_answer(
-                            RR(owner, request.q.qtype, rdata=_rdata(qtype, value), ttl=0)
-                        )
+                    for rdata in node.records[qtype]:
+                        reply.add_answer(RR(owner, request.q.qtype, rdata=rdata, ttl=0))
                     break
                 if "CNAME" in node.records and qtype != "CNAME":
-                    target = str(node.records["CNAME"][0])
-                    reply.add_answer(RR(owner, QTYPE.CNAME, rdata=CNAME(target), ttl=0))
-                    owner, name = target, _norm(target)
+                    cname = node.records["CNAME"][0]
+                    reply.add_answer(RR(owner, QTYPE.CNAME, rdata=cname, ttl=0))
+                    owner = str(cname)
+                    name = _norm(owner)
                     continue
                 break  # NODATA
         return reply
 
 
-def _rdata(qtype: str, value: object) -> object:
-    if qtype == "TXT":
-        assert isinstance(value, list | tuple)
+def _rdata(rtype: str, value: object) -> RD:
+    """dnslib record data for one value of :meth:`Zone.set`."""
+    if rtype in _NAME_RDATA:
+        if not isinstance(value, str):
+            raise ValueError(f"{rtype} value must be a string, not {value!r}")
+        return _NAME_RDATA[rtype](value)
+    if rtype == "TXT":
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"TXT value must be a sequence of byte strings, not {value!r}")
         return TXT(list(value))
-    return _RDATA[qtype](value)
+    if rtype == "MX":
+        match value:
+            case (int() as preference, str() as exchange) if 0 <= preference <= 0xFFFF:
+                # RFC 1035 §3.3.9; "." packs as the root label, the Null MX.
+                return MX(exchange, preference)
+        raise ValueError(f"MX value must be (preference 0-65535, exchange), not {value!r}")
+    if rtype == "TLSA":
+        match value:
+            case (int() as usage, int() as selector, int() as mtype, bytes() | str() as data) if (
+                all(0 <= octet <= 0xFF for octet in (usage, selector, mtype))
+            ):
+                # RFC 6698 §2.1: three one-octet fields, then the association data.
+                try:
+                    raw = bytes.fromhex(data) if isinstance(data, str) else data
+                except ValueError as exc:
+                    raise ValueError(f"TLSA data is not hex: {data!r}") from exc
+                return TLSA(usage, selector, mtype, raw)
+        raise ValueError(
+            f"TLSA value must be (usage, selector, matching type 0-255, bytes or hex), "
+            f"not {value!r}"
+        )
+    raise ValueError(f"record type {rtype!r} is not served by the test DNS server")
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -191,34 +233,63 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class DnsServer:
-    """The zone served over UDP and TCP on one port of 127.0.0.1."""
+    """The zone served over UDP and TCP on one port of one IPv4 address.
 
-    def __init__(self, zone: Zone) -> None:
+    ``port=0`` (the default) takes an ephemeral port free for both protocols;
+    any other port is bound as given, and ``start`` raises ``OSError`` if
+    either protocol cannot have it. After ``start``, ``port`` is the bound port.
+    """
+
+    def __init__(self, zone: Zone, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.zone = zone
-        self.host = "127.0.0.1"
-        self.port = 0
+        self.host = host
+        self.port = port
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._pending: set[asyncio.Handle] = set()
         self._tcp_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        udp, tcp = self._bind()
         loop = asyncio.get_running_loop()
-        # Take a random UDP port, then the same TCP port; retry on a clash.
-        for _ in range(20):
-            transport, _proto = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(self.host, 0)
-            )
-            port = transport.get_extra_info("sockname")[1]
+        try:
+            self._udp, _proto = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp)
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+        self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
+        self.port = udp.getsockname()[1]
+
+    def _bind(self) -> tuple[socket.socket, socket.socket]:
+        """A UDP and a TCP socket bound to one port, or ``OSError`` and neither.
+
+        Bound here, synchronously, so that a failure leaves no socket behind
+        (a transport closes its socket only on a later turn of the loop) and
+        the caller may try the same port again at once.
+        """
+        # Port 0: a random UDP port, then the same TCP port; retry on a clash.
+        attempts = 1 if self.port else 20
+        error: OSError | None = None
+        for _ in range(attempts):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                self._tcp = await asyncio.start_server(self._serve_tcp, self.host, port)
-            except OSError:
-                transport.close()
+                udp.bind((self.host, self.port))
+                # As asyncio.start_server would: a TIME_WAIT left by an earlier
+                # run must not keep a fixed port (53) from being reused.
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.bind((self.host, udp.getsockname()[1]))
+            except OSError as exc:
+                udp.close()
+                tcp.close()
+                error = exc
                 continue
-            self._udp = transport
-            self.port = port
-            return
-        raise OSError("no free UDP+TCP port pair on 127.0.0.1")
+            return udp, tcp
+        assert error is not None
+        if self.port:
+            raise error
+        raise OSError(f"no free UDP+TCP port pair on {self.host}") from error
 
     async def close(self) -> None:
         for handle in self._pending:
