@@ -3,7 +3,7 @@
 Everything runs inside a network namespace the test creates, so that DNS,
 port 25 and port 443 are the test's own and nothing can leak to the internet:
 
-- a DNS server on 127.0.0.53:53 (tests/servers/dns.py, plus MX records) serving
+- a DNS server on 127.0.0.53:53 (tests/servers/dns.py) serving
   MX, A and ``_mta-sts`` TXT records; ``/etc/netns/<ns>/resolv.conf`` points at
   it, and ``ip netns exec`` bind-mounts that file over /etc/resolv.conf for
   every process it starts, Postfix's smtp(8) included;
@@ -49,9 +49,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import yaml
-from dnslib import MX, QTYPE, RR, DNSRecord
 
-from tests.servers.dns import DnsServer, Zone, _Udp
+from tests.servers.dns import DnsServer, Zone
 from tests.servers.https import Certificates, HttpsServer, Site
 from tests.servers.postfix import PostfixInstance, postfix_program, unavailable
 
@@ -142,46 +141,6 @@ class NetnsLoop:
         self._loop = None
 
 
-# --- DNS with MX records on port 53 ---------------------------------------------
-
-
-class MxZone(Zone):
-    """The test Zone plus MX records (the base zone serves A, AAAA, CNAME, TXT)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._mx_lock = threading.Lock()
-        self._mx: dict[str, list[tuple[int, str]]] = {}
-
-    def set_mx(self, name: str, exchanges: list[tuple[int, str]]) -> None:
-        self.touch(name)  # NOERROR for the name's other types
-        with self._mx_lock:
-            self._mx[name.lower().rstrip(".")] = list(exchanges)
-
-    def answer(self, request: DNSRecord) -> DNSRecord:
-        reply = super().answer(request)  # counts the query; NODATA for MX
-        if request.q.qtype == QTYPE.MX:
-            with self._mx_lock:
-                exchanges = self._mx.get(str(request.q.qname).lower().rstrip("."), [])
-            for preference, exchange in exchanges:
-                reply.add_answer(
-                    RR(request.q.qname, QTYPE.MX, rdata=MX(exchange, preference), ttl=0)
-                )
-        return reply
-
-
-class Port53DnsServer(DnsServer):
-    """DnsServer on port 53: resolv.conf, which Postfix's resolver reads, has no port."""
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self.host, 53)
-        )
-        self._tcp = await asyncio.start_server(self._serve_tcp, self.host, 53)
-        self.port = 53
-
-
 # --- the lab --------------------------------------------------------------------
 
 
@@ -268,7 +227,7 @@ class DaemonProcess:
 class Lab:
     netns: str
     loop: NetnsLoop
-    zone: MxZone
+    zone: Zone
     receiver: Receiver
     daemon: DaemonProcess
     postfix: PostfixInstance
@@ -306,9 +265,9 @@ def _server_context(certs: Certificates, *names: str) -> ssl.SSLContext:
     return ctx
 
 
-def _publish(zone: MxZone, https: HttpsServer, dest: Destination) -> None:
+def _publish(zone: Zone, https: HttpsServer, dest: Destination) -> None:
     """MX, A, TXT and the HTTPS policy for ``dest`` (RFC 8461 §3.1, §3.2)."""
-    zone.set_mx(dest.domain, [(10, dest.mx_host)])
+    zone.set(dest.domain, "MX", [(10, dest.mx_host)])
     zone.set(dest.mx_host, "A", [dest.mx_ip])
     zone.set(f"_mta-sts.{dest.domain}", "TXT", [[b"v=STSv1; id=e2e20240101;"]])
     zone.set(f"mta-sts.{dest.domain}", "A", [HTTPS_IP])
@@ -359,9 +318,9 @@ def lab() -> Iterator[Lab]:
         loop.start()
         cleanup.callback(loop.stop)
         certs = Certificates(str(root))
-        zone = MxZone()
-        dns = Port53DnsServer(zone)
-        dns.host = DNS_IP
+        zone = Zone()
+        # Port 53: resolv.conf, which Postfix's resolver reads, has no port.
+        dns = DnsServer(zone, host=DNS_IP, port=53)
         https = HttpsServer(certs, HTTPS_IP)
         receiver = Receiver()
 
