@@ -1,0 +1,48 @@
+"""The ``default_zone`` section and the ``zones`` map of socketmap names to zone settings.
+
+A new zone key goes in :data:`ZONE_KEYS` and :func:`zone_config` here, and
+as a field of :class:`~mtasts_fast.config.model.ZoneConfig`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from .. import defaults
+from .model import ZoneConfig
+from .sections import Section, join_path
+from .values import boolean, describe, fail, positive
+
+ZONE_KEYS = ("strict_testing", "timeout", "require_sni", "tlsrpt")
+
+
+def zone_config(value: object, path: str) -> ZoneConfig:
+    # Every zone starts from the built-in defaults, never from default_zone:
+    # that is what the old daemon does, and configs rely on it.
+    section = Section(value, path, ZONE_KEYS)
+    return ZoneConfig(
+        strict_testing=section.get("strict_testing", boolean, defaults.STRICT_TESTING),
+        timeout=section.get("timeout", positive, defaults.ZONE_TIMEOUT),
+        require_sni=section.get("require_sni", boolean, defaults.REQUIRE_SNI),
+        tlsrpt=section.get("tlsrpt", boolean, defaults.TLSRPT),
+    )
+
+
+def zone_configs(value: object, path: str) -> Mapping[str, ZoneConfig]:
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        fail(path, f"expected a mapping of zone names to zone settings, got {describe(value)}")
+    zones = {}
+    for name, zone in value.items():
+        where = join_path(path, name)
+        if not isinstance(name, str):
+            fail(where, "a zone name must be a string (quote it)")
+        if not name:
+            fail(where, "a zone name must not be empty")
+        if any(ch.isspace() for ch in name):
+            # Postfix sends "<map name> <key>": a name with a space never arrives.
+            fail(where, "a zone name must not contain spaces")
+        zones[name] = zone_config(zone, where)
+    return MappingProxyType(zones)
