@@ -224,7 +224,7 @@ def test_no_watchdog_when_watchdog_pid_names_another_process(
 # failed test from leaving one behind for long).
 _HANG_WHILE_MARKED = """
 import os, time
-import mtasts_fast.workers as _workers
+import mtasts_fast.worker_processes as _workers
 _real_run_worker = _workers.run_worker
 def _run_worker(*args, **kwargs):
     while os.path.exists({marker!r}) and time.monotonic() < {deadline}:

@@ -1,0 +1,94 @@
+"""Reading the configuration again on SIGHUP: the supervisor's next generation.
+
+On SIGHUP the supervisor reopens its log file and forwards SIGHUP to the
+workers (they reopen theirs), then re-reads the configuration file with
+:func:`next_generation`: invalid, it is logged and nothing changes; unchanged
+(logrotate's daily SIGHUP), nothing more happens, so in-process caches
+survive; changed, the supervisor switches to the new :class:`Generation` and
+replaces the workers one at a time, each successor answering before its
+predecessor gets SIGTERM, so the port never stops answering; the reload is
+complete (logged, ``READY=1``) once every predecessor has exited. A worker of
+the new configuration that cannot start abandons the reload. Every setting
+takes effect except those baked into the bound sockets (:data:`LISTENER_KEYS`):
+a change there is logged and needs a restart. A new ``workers`` count is
+applied on the sockets bound at start (with ``reuse_port``, fewer workers than
+sockets serve several each; more share them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from mtasts_fast.config import Config
+from mtasts_fast.errors import ConfigError
+from mtasts_fast.fetcher import PolicyFetcher
+from mtasts_fast.listeners import Listeners
+from mtasts_fast.prefork import ca_stamp, check_config, make_fetcher
+
+__all__ = ["LISTENER_KEYS", "Generation", "next_generation"]
+
+# The supervisor's messages keep one logger name, whichever module sends them.
+_log = logging.getLogger("mtasts_fast.workers")
+
+#: Settings fixed when the sockets are bound; a reload cannot change them.
+LISTENER_KEYS = ("host", "port", "path", "mode", "owner", "group", "reuse_port", "backlog")
+
+
+@dataclass(eq=False)
+class Generation:
+    """One configuration and everything the supervisor built from it."""
+
+    number: int
+    config: Config
+    fetcher: PolicyFetcher
+    ca_stamp: tuple[int, int, int] | None
+
+
+def next_generation(
+    config_path: str, running: Generation, listeners: Listeners
+) -> Generation | None:
+    """The generation after ``running``, read from ``config_path``; None to keep running.
+
+    None when the file is invalid or changes nothing that the workers use;
+    the reason is logged. A new generation has its fetcher built and its
+    cache backend checked, but no worker runs it yet.
+    """
+    current = running.config
+    try:
+        config = Config.from_yaml(config_path)
+    except ConfigError as exc:
+        _log.error("%s; keeping the running configuration", exc)
+        return None
+    changed = [key for key in LISTENER_KEYS if getattr(config, key) != getattr(current, key)]
+    if changed:
+        _log.warning(
+            "%s: %s changed: the listening sockets stay as they are until a restart "
+            "(answering on %s)",
+            config_path,
+            ", ".join(changed),
+            listeners.describe(),
+        )
+        config = dataclasses.replace(config, **{k: getattr(current, k) for k in LISTENER_KEYS})
+    stamp = ca_stamp(config)
+    if config == current and stamp == running.ca_stamp:
+        _log.info("configuration unchanged; workers keep running")
+        return None
+    try:
+        fetcher = make_fetcher(config)
+        check_config(config)
+    except ConfigError as exc:
+        _log.error("%s; keeping the running configuration", exc)
+        return None
+    if config.workers != current.workers:
+        _log.info("workers: %d -> %d", current.workers, config.workers)
+        sockets = len(listeners.groups)
+        if config.reuse_port and not config.path and config.workers != sockets:
+            _log.info(
+                "the %d SO_REUSEPORT socket(s) bound at start are shared by %d workers; "
+                "restart to bind one per worker",
+                sockets,
+                config.workers,
+            )
+    return Generation(running.number + 1, config, fetcher, stamp)
