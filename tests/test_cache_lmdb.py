@@ -979,7 +979,7 @@ async def test_failures_are_pruned_in_several_transactions(
 ) -> None:
     path = str(tmp_path / "cache.lmdb")
     now = time.time()
-    monkeypatch.setattr("mtasts_fast.cache.lmdb.WRITE_BATCH", 3)
+    monkeypatch.setattr("mtasts_fast.cache.lmdb.store.WRITE_BATCH", 3)
     cache = await open_cache(path)
     transactions = 0
     prune_failures = cache._prune_failures_txn
