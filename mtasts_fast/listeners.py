@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import socket
 
-from mtasts_fast.config import Config
-from mtasts_fast.server import (
+from mtasts_fast.binding import (
     UnixSocketFile,
     bind_tcp,
     bind_unix,
     format_address,
     resolve_listen_address,
 )
+from mtasts_fast.config import Config
 
 __all__ = ["Listeners"]
 

@@ -11,31 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import grp
 import logging
-import os
-import pwd
 import socket
-import stat
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
+from mtasts_fast.binding import (
+    ListenError,
+    UnixSocketFile,
+    bind_tcp,
+    bind_unix,
+    resolve_listen_address,
+)
 from mtasts_fast.config import Config
 from mtasts_fast.errors import NetstringError
 from mtasts_fast.netstring import NetstringParser
 from mtasts_fast.responder import TEMP_INTERNAL, Responder
 
-__all__ = [
-    "ListenError",
-    "SocketmapServer",
-    "UnixSocketFile",
-    "bind_tcp",
-    "bind_unix",
-    "format_address",
-    "resolve_listen_address",
-]
+__all__ = ["ListenError", "SocketmapServer"]
 
 _log = logging.getLogger(__name__)
 
@@ -48,10 +42,6 @@ _WRITE_HIGH_WATER = 64 * 1024
 # How often idle connections are looked for; the idle timeout is therefore
 # enforced to within this many seconds.
 _SWEEP_PERIOD = 1.0
-
-
-class ListenError(Exception):
-    """The configured socket cannot be set up; the message says why."""
 
 
 class SocketmapProtocol(asyncio.Protocol):
@@ -347,160 +337,3 @@ class SocketmapServer:
         unix_file, self._unix_file = self._unix_file, None
         if unix_file is not None:
             unix_file.remove()
-
-
-# -- binding (also used by the supervisor, before it forks its workers) -------------------
-
-
-def resolve_listen_address(host: str, port: int) -> list[Any]:
-    """``getaddrinfo`` for a listening TCP socket; ListenError when it fails."""
-    try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise ListenError(f"cannot resolve listen address {host!r}: {exc}") from exc
-
-
-def bind_tcp(config: Config, infos: Sequence[Any]) -> list[socket.socket]:
-    """One bound, non-blocking socket per distinct address in ``infos``.
-
-    Not listening yet: whoever serves it calls listen() (asyncio's
-    ``create_server`` does), so the port refuses connections until something
-    answers them. Once listening, a socket keeps listening for as long as any
-    process holds it, even while the worker serving it is replaced.
-    """
-    sockets: list[socket.socket] = []
-    seen: set[Any] = set()
-    try:
-        for family, kind, proto, _name, address in infos:
-            if address in seen:
-                continue
-            seen.add(address)
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if config.reuse_port:
-                # Several workers or a second instance share the port; the
-                # kernel spreads connections between them.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                raise ListenError(
-                    f"cannot listen on {format_address(address)}: {exc.strerror or exc}"
-                ) from exc
-            sock.setblocking(False)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-class UnixSocketFile:
-    """The file of a unix socket we bound; :meth:`remove` leaves a successor's alone."""
-
-    __slots__ = ("_inode", "path")
-
-    def __init__(self, path: str) -> None:
-        st = os.stat(path)
-        self.path = path
-        self._inode = (st.st_dev, st.st_ino)
-
-    def remove(self) -> None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return
-        # Only remove the socket we created, not one a newer instance put there.
-        if (st.st_dev, st.st_ino) == self._inode:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-
-
-def bind_unix(config: Config) -> tuple[socket.socket, UnixSocketFile]:
-    """Bind and listen on ``config.path`` with its mode/owner/group (DESIGN.md §3).
-
-    A stale socket file (nobody answers) is replaced; a live one, or a file
-    that is not a socket, is a ListenError. It listens at once, so another
-    instance probing the path sees it in use from the moment it exists.
-    """
-    assert config.path is not None
-    path = config.path
-    _clear_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        # Create the socket with no permissions, so nobody can connect in the
-        # moment between bind() and the chmod/chown below.
-        old_umask = os.umask(0o777)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        uid, gid = _owner_ids(config.owner, config.group)
-        if uid != -1 or gid != -1:
-            os.chown(path, uid, gid)
-        mode = config.mode if config.mode is not None else 0o666 & ~old_umask
-        os.chmod(path, mode)
-        unix_file = UnixSocketFile(path)
-        sock.listen(config.backlog)
-    except ListenError:
-        sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    except OSError as exc:
-        sock.close()
-        raise ListenError(f"cannot listen on unix socket {path}: {exc.strerror or exc}") from exc
-    sock.setblocking(False)
-    return sock, unix_file
-
-
-def _clear_stale_socket(path: str) -> None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise ListenError(f"cannot inspect {path}: {exc.strerror}") from exc
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ListenError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise ListenError(f"cannot check whether {path} is in use: {exc}") from exc
-    else:
-        raise ListenError(f"another process is answering on {path}; not taking it over")
-    finally:
-        probe.close()
-    # Nobody answers: a leftover from a process that died. Replace it.
-    _log.info("removing stale socket %s", path)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _owner_ids(owner: str | None, group: str | None) -> tuple[int, int]:
-    uid = gid = -1
-    if owner:
-        try:
-            uid = int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
-        except KeyError:
-            raise ListenError(f"owner: no such user {owner!r}") from None
-    if group:
-        try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ListenError(f"group: no such group {group!r}") from None
-    return uid, gid
-
-
-def format_address(address: object) -> str:
-    """``host:port`` (``[v6]:port``) for a TCP address, ``unix:path`` otherwise."""
-    if isinstance(address, tuple):
-        host, port = str(address[0]), address[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"unix:{address}"

@@ -509,7 +509,7 @@ class RedisSentinelCache(_RedisStore):
             "retry": Retry(NoBackoff(), 0),
             **self._sentinel_kwargs,
         }
-        self._sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        self._sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             self._sentinels, sentinel_kwargs=sentinel_kwargs
         )
         client: redis.asyncio.Redis = self._sentinel.master_for(self._master_name, **self._kwargs)
