@@ -25,95 +25,48 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import importlib.util
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "load")]
+
+import reporting  # noqa: E402
+import runner  # noqa: E402
+from runner import Server  # noqa: E402
 
 from tests.servers.world import World  # noqa: E402
 
-OUR_DAEMON = ROOT / ".venv" / "bin" / "mta-sts-daemon"
-LOAD_RUN = ROOT / "benchmarks" / "load" / "run.py"
+OUR_DAEMON = runner.OUR_VENV / "bin" / "mta-sts-daemon"
+LOAD_RUN = runner.HERE / "run.py"  # its _launch-peer sub-command starts the peer
 CACHE_GRACE = 1
 TIMEOUT = 4
 
 
-def _load_bench_module() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_load_run", LOAD_RUN)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Daemon:
-    name: str
-    argv: list[str]
-    port: int
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.argv, stdout=self._out, stderr=subprocess.STDOUT, env=self.env
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not listen")
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
-
-
-def _frame(text: str) -> bytes:
-    data = text.encode()
-    return str(len(data)).encode() + b":" + data + b","
+def daemon(name: str, argv: list[str], port: int, env: Mapping[str, str], log: Path) -> Server:
+    """A started daemon, listening: unpinned, this environment, open-file limit as it is."""
+    server = Server(name, argv, f"127.0.0.1:{port}", log, cores=None, env=env, fd_limit=False)
+    try:
+        server.wait_ready(60)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 async def ask(port: int, key: str, timeout: float = 60) -> tuple[bytes, float]:
     started = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(_frame(f"postfix {key}"))
-        head = await asyncio.wait_for(reader.readuntil(b":"), timeout)
-        body = await asyncio.wait_for(reader.readexactly(int(head[:-1]) + 1), timeout)
-        return body[:-1], time.monotonic() - started
+        writer.write(runner.frame(f"{runner.MAP_NAME} {key}".encode()))
+        reply = await asyncio.wait_for(runner.read_reply(reader), timeout)
+        return reply, time.monotonic() - started
     finally:
         writer.close()
 
@@ -204,47 +157,42 @@ BURSTS: list[tuple[str, Callable[[World, int], Any], bool]] = [
 ]
 
 
-def our_daemon(world: World, work: Path, proactive: bool) -> Daemon:
-    port = free_port()
-    config = {
-        "host": "127.0.0.1",
-        "port": port,
+def write_config(
+    work: Path, name: str, settings: dict[str, Any], proactive: dict[str, Any]
+) -> tuple[int, Path]:
+    """A free port and a config file listening on it, with the settings both daemons share."""
+    port = runner.free_port()
+    cfg = work / f"{name}-{port}.yml"
+    shared = {"cache_grace": CACHE_GRACE, "default_zone": {"timeout": TIMEOUT}}
+    proactive = {"interval": 3, "grace_ratio": 1000, **proactive}
+    runner.write_yaml(
+        cfg,
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            **shared,
+            **settings,
+            "proactive_policy_fetching": proactive,
+        },
+    )
+    return port, cfg
+
+
+def our_daemon(world: World, work: Path, proactive: bool) -> Server:
+    settings = {
         "workers": 1,
-        "cache_grace": CACHE_GRACE,
         "cache": {"type": "internal"},
         "nameservers": [world.nameserver],
         "ca_file": world.ca_file,
-        "default_zone": {"timeout": TIMEOUT},
-        "proactive_policy_fetching": {
-            "enabled": proactive,
-            "interval": 3,
-            "grace_ratio": 1000,
-            "jitter": 0,
-        },
     }
-    cfg = work / f"ours-{port}.yml"
-    cfg.write_text(yaml.safe_dump(config))
-    return Daemon(
-        "mtasts-fast", [str(OUR_DAEMON), "-c", str(cfg)], port, dict(os.environ), work / "ours.log"
-    )
+    port, cfg = write_config(work, "ours", settings, {"enabled": proactive, "jitter": 0})
+    argv = [str(OUR_DAEMON), "-c", str(cfg)]
+    return daemon("mtasts-fast", argv, port, os.environ, work / "ours.log")
 
 
-def peer_daemon(world: World, work: Path, peer_python: Path, proactive: bool) -> Daemon:
-    port = free_port()
-    config = {
-        "host": "127.0.0.1",
-        "port": port,
-        "cache_grace": CACHE_GRACE,
-        "cache": {"type": "internal", "options": {"cache_size": 10_000}},
-        "default_zone": {"timeout": TIMEOUT},
-        "proactive_policy_fetching": {
-            "enabled": proactive,
-            "interval": 3,
-            "grace_ratio": 1000,
-        },
-    }
-    cfg = work / f"peer-{port}.yml"
-    cfg.write_text(yaml.safe_dump(config))
+def peer_daemon(world: World, work: Path, peer_python: Path, proactive: bool) -> Server:
+    cache = {"type": "internal", "options": {"cache_size": 10_000}}
+    port, cfg = write_config(work, "peer", {"cache": cache}, {"enabled": proactive})
     # The peer has no nameservers or ca_file setting: the launcher points its
     # resolver at the test DNS server, and Python's SSL honours SSL_CERT_FILE.
     env = {**os.environ, "SSL_CERT_FILE": world.ca_file}
@@ -257,7 +205,7 @@ def peer_daemon(world: World, work: Path, peer_python: Path, proactive: bool) ->
         "--config",
         str(cfg),
     ]
-    return Daemon("postfix-mta-sts-resolver 1.5.1", argv, port, env, work / "peer.log")
+    return daemon("postfix-mta-sts-resolver 1.5.1", argv, port, env, work / "peer.log")
 
 
 def main() -> int:
@@ -266,15 +214,14 @@ def main() -> int:
         "--save", action="store_true", help="write the table to benchmarks/results/"
     )
     args = parser.parse_args()
-    bench = _load_bench_module()
-    peer_python = bench.ensure_peer(sys.executable)
+    peer_python = runner.ensure_peer(sys.executable)
     world = World()
     world.start()
     rows = [Row(name) for name, _, _ in BURSTS]
     try:
         with tempfile.TemporaryDirectory(prefix="mtasts-bursts-") as tmp:
             work = Path(tmp)
-            makers: list[tuple[str, Callable[[bool], Daemon]]] = [
+            makers: list[tuple[str, Callable[[bool], Server]]] = [
                 ("mtasts-fast", lambda p: our_daemon(world, work, p)),
                 (
                     "postfix-mta-sts-resolver 1.5.1",
@@ -283,15 +230,16 @@ def main() -> int:
             ]
             for label, make in makers:
                 for proactive in (False, True):
-                    daemon = make(proactive)
-                    daemon.start()
+                    server = make(proactive)
+                    port = server.port
+                    assert port is not None  # TCP on 127.0.0.1
                     try:
                         for row, (_, burst, needs_proactive) in zip(rows, BURSTS, strict=True):
                             if needs_proactive == proactive:
                                 print(f"{label}: {row.burst} ...", file=sys.stderr, flush=True)
-                                row.results[label] = asyncio.run(burst(world, daemon.port))
+                                row.results[label] = asyncio.run(burst(world, port))
                     finally:
-                        daemon.stop()
+                        server.stop()
     finally:
         world.stop()
     labels = ["mtasts-fast", "postfix-mta-sts-resolver 1.5.1"]
@@ -302,13 +250,12 @@ def main() -> int:
         f"{TIMEOUT} s). Counts are queries and requests received by the servers, so a "
         "resolver's retransmission of a query held back counts again.",
         "",
-        "| burst | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
+        *reporting.markdown_table(
+            ["burst", *labels],
+            "l" * (1 + len(labels)),
+            ([row.burst, *(row.results.get(x, "-") for x in labels)] for row in rows),
+        ),
     ]
-    for row in rows:
-        lines.append(
-            f"| {row.burst} | " + " | ".join(row.results.get(x, "-") for x in labels) + " |"
-        )
     table = "\n".join(lines) + "\n"
     print(table)
     if args.save:

@@ -3,8 +3,8 @@
 
 ``make bench-scaling`` runs this file. It measures the three issue-5 targets
 that ``run.py`` (the side-by-side run against postfix-mta-sts-resolver) does
-not, with the same tools: loadgen and the server helpers of ``run.py``, which
-this file imports from its path. Every lookup is a cache hit on an LMDB cache
+not, with the same tools: loadgen and the server helpers of ``runner.py``, the
+domains of ``seeding.py``. Every lookup is a cache hit on an LMDB cache
 seeded beforehand, with ``cache_grace`` of 10⁷ s and a DNS server that never
 answers (any lookup that leaves the cache shows up as a counted DNS query).
 
@@ -64,147 +64,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import importlib.util
 import json
 import os
-import platform
 import random
-import shutil
 import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+import reporting
+import runner
+import seeding
+from runner import OUR_VENV, SERVER_CORE, Server, log
+from scaling_report import MIB, WORKER_LAYOUTS, render
 
-
-def _load_run() -> ModuleType:
-    """``run.py`` as a module: it is a script in a directory that is no package."""
-    spec = importlib.util.spec_from_file_location("mtasts_bench_run", HERE / "run.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {HERE / 'run.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run = _load_run()
-
-ROOT: Path = run.ROOT
-OUR_VENV: Path = run.OUR_VENV
-MAP_NAME: str = run.MAP_NAME
-SERVER_CORE: str = run.SERVER_CORE
-CLIENT_CORE: str = run.CLIENT_CORE
-log = run.log
-
-# Room for 10⁶ entries and their two index records with headroom: a full
-# cache would evict (1 % per put), which would turn lookups into misses.
-MAX_ENTRIES = 2_000_000
-MAP_SIZE = 4 << 30  # a sparse file on Linux: only written pages take space
-SEED_CHUNK = 10_000  # records generated at a time; put_many commits 1000 each
 SHUFFLE_SEED = 8461
-# Where the daemons of the workers comparison run. "one core" squeezes both
-# workers of `workers: 2` onto the core one worker has, so both cases are
-# saturated alike and the second worker costs only what two processes on one
-# core cost each other (a bound on what they cost each other on two cores).
-# "shared" is everything unpinned: the workers then share the cores with
-# loadgen, wait for it, and answer fewer lookups per wake-up than a saturated
-# worker, which makes the second worker look more expensive than it is.
-WORKER_LAYOUTS = {
-    "one core": f"daemon pinned to core {run.SERVER_CORE}, loadgen on core {run.CLIENT_CORE}",
-    "shared": "daemon and loadgen unpinned on both cores",
-}
-MIB = 1024
 
 
 # --------------------------------------------------------------------------------------
-# Seeding (runs under the project's venv: imports mtasts_fast)
+# The workers: who they are, how a run was spread over them, one lookup
 # --------------------------------------------------------------------------------------
-
-
-def seed_lmdb(path: str, count: int) -> int:
-    """Fill a new LMDB cache with domains 0..count-1 through ``put_many``; print JSON."""
-    import asyncio
-
-    import lmdb
-
-    from mtasts_fast.cache.base import CacheEntry
-    from mtasts_fast.cache.lmdb import LmdbCache
-    from mtasts_fast.policy import Policy
-
-    now = time.time()
-
-    def entries() -> Iterator[CacheEntry]:
-        # Built directly rather than through mta-sts-cache's JSON import, whose
-        # per-domain validation would take most of the time for 10⁶ generated,
-        # known-valid names.
-        for start in range(0, count, SEED_CHUNK):
-            for r in run.make_domains(min(SEED_CHUNK, count - start), start=start):
-                policy = Policy(r["mode"], r["max_age"], tuple(r["mx"]), tuple(r["lines"]))
-                yield CacheEntry(r["domain"], r["policy_id"], policy, now, now)
-
-    async def fill() -> float:
-        cache = LmdbCache({"path": path, "map_size": MAP_SIZE, "max_entries": MAX_ENTRIES})
-        await cache.setup()
-        try:
-            t0 = time.monotonic()
-            await cache.put_many(entries())
-            return time.monotonic() - t0
-        finally:
-            await cache.close()
-
-    seconds = asyncio.run(fill())
-    env = lmdb.open(path, readonly=True, max_dbs=8, lock=False)
-    try:
-        with env.begin() as txn:
-            stored = txn.stat(env.open_db(b"policies", txn=txn, create=False))["entries"]
-    finally:
-        env.close()
-    data = Path(path) / "data.mdb"
-    print(
-        json.dumps(
-            {
-                "entries": stored,
-                "seconds": round(seconds, 2),
-                "file_mib": round(data.stat().st_blocks * 512 / 2**20, 1),
-            }
-        )
-    )
-    return 0 if stored == count else 1
-
-
-# --------------------------------------------------------------------------------------
-# /proc
-# --------------------------------------------------------------------------------------
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS, RssAnon, RssFile, RssShmem of one process (KiB)."""
-    wanted = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
-    found: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in wanted:
-            found[name] = int(value.split()[0])
-    return found
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of one process, all its threads, in clock ticks."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def ctx_switches(pid: int) -> tuple[int, int]:
@@ -221,7 +102,7 @@ def workers_of(supervisor: int, count: int, timeout: float = 30.0) -> list[int]:
     """The supervisor's worker processes (its children), once there are ``count``."""
     deadline = time.monotonic() + timeout
     while True:
-        kids = sorted(run._children().get(supervisor, []))
+        kids = runner.children(supervisor)
         if len(kids) == count or time.monotonic() > deadline:
             if len(kids) != count:
                 raise RuntimeError(f"supervisor {supervisor} has workers {kids}, not {count}")
@@ -259,14 +140,15 @@ def established_per_process(pids: list[int], port: int) -> dict[int, int]:
 
 
 def ask(address: str, key: str, timeout: float = 30.0) -> bytes:
-    """One socketmap lookup: waits until a worker answers (the port accepts earlier)."""
+    """One lookup over TCP, retried until ``timeout``: a supervisor's port
+    accepts before its worker answers."""
     host, _, port = address.rpartition(":")
-    payload = f"{MAP_NAME} {key}".encode()
+    request = runner.frame(f"{runner.MAP_NAME} {key}".encode())
     deadline = time.monotonic() + timeout
     while True:
         try:
             with socket.create_connection((host, int(port)), timeout=5) as s:
-                s.sendall(b"%d:%s," % (len(payload), payload))
+                s.sendall(request)
                 reply = b""
                 while not reply.endswith(b","):
                     chunk = s.recv(4096)
@@ -280,13 +162,48 @@ def ask(address: str, key: str, timeout: float = 30.0) -> bytes:
             time.sleep(0.1)
 
 
+class WorkerSpread:
+    """How the connections and the CPU time of one loadgen run were spread over
+    the workers, and their context switches per lookup."""
+
+    def __init__(self, workers: list[int], port: int, conns: int) -> None:
+        self.workers, self.port, self.conns = workers, port, conns
+        self.spread: dict[int, int] = {}
+        self.ticks: dict[int, int] = {}
+        self.switches: dict[int, tuple[int, int]] = {}
+        self.sampled = 0.0
+
+    def start(self, loadgen: subprocess.Popen[str]) -> None:
+        # Sample once every connection is open (they stay open to the end).
+        deadline = time.monotonic() + 30
+        while loadgen.poll() is None and time.monotonic() < deadline:
+            self.spread = established_per_process(self.workers, self.port)
+            if sum(self.spread.values()) >= self.conns:
+                break
+            time.sleep(0.01)
+        self.ticks = {w: runner.cpu_ticks(w) for w in self.workers}
+        self.switches = {w: ctx_switches(w) for w in self.workers}
+        self.sampled = time.monotonic()
+
+    def finish(self, report: dict[str, Any]) -> None:
+        workers = self.workers
+        used = {w: runner.cpu_ticks(w) - self.ticks[w] for w in workers}
+        # Lookups over the sampled span (it includes the warm-up), at the window's rate.
+        lookups = report["rps"] * (time.monotonic() - self.sampled) or 1.0
+        vol = sum(ctx_switches(w)[0] - self.switches[w][0] for w in workers)
+        invol = sum(ctx_switches(w)[1] - self.switches[w][1] for w in workers)
+        report["switches_per_1000"] = [
+            round(1000 * vol / lookups, 1),
+            round(1000 * invol / lookups, 1),
+        ]
+        total = sum(used.values()) or 1
+        report["connections_per_worker"] = [self.spread.get(w, 0) for w in workers]
+        report["cpu_share_per_worker"] = [round(used[w] / total, 3) for w in workers]
+
+
 # --------------------------------------------------------------------------------------
 # The benchmark
 # --------------------------------------------------------------------------------------
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 class Scaling:
@@ -294,7 +211,8 @@ class Scaling:
         self.args = args
         self.tools = tools
         self.work = work
-        self.dns = run.DnsSink()
+        self.dns = runner.DnsSink()
+        self.loadgen_tool = runner.Loadgen(tools["loadgen"], self.dns)
         self.runs: list[dict[str, Any]] = []
         self.seeding: dict[str, dict[str, Any]] = {}
         self.rss: list[dict[str, Any]] = []
@@ -308,18 +226,13 @@ class Scaling:
 
     def write_keys(self) -> None:
         a = self.args
-        with self.hot_keys.open("w") as fh:
-            for r in run.make_domains(a.hot):
-                fh.write(f"{r['domain']}\t{run.our_reply(r)}\n")
+        seeding.write_keys(self.hot_keys, seeding.make_domains(a.hot))
         if not {"size", "rss"} & set(a.parts):
             return
         # Every domain of the large cache once, in a shuffled order: adjacent
         # lookups hit unrelated LMDB pages, as real next-hops do.
         t0 = time.monotonic()
-        lines: list[str] = []
-        for start in range(0, a.big, SEED_CHUNK):
-            for r in run.make_domains(min(SEED_CHUNK, a.big - start), start=start):
-                lines.append(f"{r['domain']}\t{run.our_reply(r)}\n")
+        lines = [seeding.key_line(seeding.domain_record(i)) for i in range(a.big)]
         random.Random(SHUFFLE_SEED).shuffle(lines)
         self.spread_lines = lines
         with self.spread_keys.open("w") as fh:
@@ -333,9 +246,7 @@ class Scaling:
             [
                 str(OUR_VENV / "bin" / "python"),
                 str(Path(__file__).resolve()),
-                "_seed-lmdb",
-                str(path) + "/",
-                str(count),
+                *("_seed-lmdb", str(path) + "/", str(count)),
             ],
             capture_output=True,
             text=True,
@@ -352,13 +263,13 @@ class Scaling:
         )
         return path
 
-    def start(self, name: str, lmdb_path: Path, workers: int, pinned: bool) -> Any:
-        port = run.free_port()
+    def start(self, name: str, lmdb_path: Path, workers: int, pinned: bool) -> Server:
+        port = runner.free_port()
         config = {
             "host": "127.0.0.1",
             "port": port,
             "workers": workers,
-            "cache_grace": run.CACHE_GRACE,
+            "cache_grace": runner.CACHE_GRACE,
             "shutdown_timeout": 5,
             "nameservers": [self.dns.address],
             "default_zone": {"timeout": 4},
@@ -366,25 +277,22 @@ class Scaling:
                 "type": "lmdb",
                 "options": {
                     "path": str(lmdb_path) + "/",
-                    "max_entries": MAX_ENTRIES,
-                    "map_size": MAP_SIZE,
+                    "max_entries": seeding.MAX_ENTRIES,
+                    "map_size": seeding.MAP_SIZE,
                 },
             },
         }
         cfg = self.work / f"{name}.yml"
-        run.write_yaml(cfg, config)
-        server = run.Server(
+        runner.write_yaml(cfg, config)
+        return Server(
             name,
             [str(OUR_VENV / "bin" / "mta-sts-daemon"), "-c", str(cfg)],
             f"127.0.0.1:{port}",
             self.work / f"{name}.log",
             cores=SERVER_CORE if pinned else None,
         )
-        server.port = port
-        server.pinned = pinned
-        return server
 
-    def ready(self, server: Any, workers: int) -> list[int]:
+    def ready(self, server: Server, workers: int) -> list[int]:
         """Wait until the server answers a lookup; return its workers' pids."""
         server.wait_ready()
         reply = ask(server.address, "d0000000.bench.test")
@@ -396,101 +304,44 @@ class Scaling:
 
     def loadgen(
         self,
-        server: Any,
+        server: Server,
         keys: Path,
-        conns: int,
-        duration: float,
-        warmup: float,
+        window: runner.Window,
         label: str,
         workers: list[int] | None = None,
     ) -> dict[str, Any]:
         """One loadgen run. With ``workers``, also how the connections and the CPU
         time were spread over those processes."""
-        argv = [
-            str(self.tools["loadgen"]),
-            *("-c", str(conns), "-d", str(duration), "-w", str(warmup)),
-            *("-k", str(keys), "-m", MAP_NAME, "-P", str(server.pid), "-l", label),
-            server.address,
-        ]
-        if server.pinned:
-            argv = ["taskset", "-c", CLIENT_CORE, *argv]
-        self.dns.drain()
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=run._raise_fd_limit,
-        )
-        spread: dict[int, int] = {}
-        ticks0: dict[int, int] = {}
-        switches0: dict[int, tuple[int, int]] = {}
-        sampled = 0.0
-        if workers:
-            # Sample once every connection is open (they stay open to the end).
-            deadline = time.monotonic() + 30
-            while proc.poll() is None and time.monotonic() < deadline:
-                spread = established_per_process(workers, server.port)
-                if sum(spread.values()) >= conns:
-                    break
-                time.sleep(0.01)
-            ticks0 = {w: cpu_ticks(w) for w in workers}
-            switches0 = {w: ctx_switches(w) for w in workers}
-            sampled = time.monotonic()
-        try:
-            out, err = proc.communicate(timeout=duration + 700)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        if proc.returncode != 0:
-            raise RuntimeError(f"loadgen failed ({proc.returncode}): {err}")
-        report: dict[str, Any] = json.loads(out)
-        report["dns_queries"] = self.dns.drain()
-        report["loadavg"] = loadavg()
-        util = report["server_cpu_s"] / report["duration_s"]
-        report["server_cpu_util"] = util
-        busy = report.get("core_busy") or []
-        if server.pinned and len(busy) >= 2:
-            s, c = int(SERVER_CORE), int(CLIENT_CORE)
-            report["other_load"] = round(
-                max(busy[s] - util, busy[c] - report["client_cpu_util"], 0.0), 3
-            )
+        spread = WorkerSpread(workers, server.port or 0, window.conns) if workers else None
+        watch = spread.start if spread else None
+        report = self.loadgen_tool.run(server, keys, window, label, watch=watch)
+        report["loadavg"] = runner.loadavg()
+        per_core = runner.other_load_per_core(report)
+        if server.pinned and per_core:
+            report["other_load"] = max(per_core)
         else:
             # Unpinned: everything on the machine but the server and loadgen.
-            report["other_load"] = round(max(0.0, sum(busy) - util - report["client_cpu_util"]), 3)
-        if workers:
-            used = {w: cpu_ticks(w) - ticks0[w] for w in workers}
-            # Lookups over the sampled span (it includes the warm-up), at the window's rate.
-            lookups = report["rps"] * (time.monotonic() - sampled) or 1.0
-            vol = sum(ctx_switches(w)[0] - switches0[w][0] for w in workers)
-            invol = sum(ctx_switches(w)[1] - switches0[w][1] for w in workers)
-            report["switches_per_1000"] = [
-                round(1000 * vol / lookups, 1),
-                round(1000 * invol / lookups, 1),
-            ]
-            total = sum(used.values()) or 1
-            report["connections_per_worker"] = [spread.get(w, 0) for w in workers]
-            report["cpu_share_per_worker"] = [round(used[w] / total, 3) for w in workers]
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} died during the run; see {server.logfile}")
+            busy = sum(report.get("core_busy") or [])
+            util, client = report["server_cpu_util"], report["client_cpu_util"]
+            report["other_load"] = round(max(0.0, busy - util - client), 3)
+        if spread:
+            spread.finish(report)
         return report
 
     def measure(
-        self, server: Any, keys: Path, label: str, workers: list[int] | None = None
+        self, server: Server, keys: Path, label: str, workers: list[int] | None = None
     ) -> dict[str, Any]:
         """A loadgen run, repeated (``--retries``) while other processes used more
         than ``--max-other-load`` of a core; the least disturbed attempt is kept."""
         a = self.args
-        best: dict[str, Any] | None = None
-        for attempt in range(1, a.retries + 2):
-            report = self.loadgen(server, keys, a.connections, a.duration, a.warmup, label, workers)
-            report["attempt"] = attempt
-            if best is None or report["other_load"] < best["other_load"]:
-                best = report
-            if report["other_load"] <= a.max_other_load or attempt > a.retries:
-                break
-            log(f"{label}: other processes used {report['other_load']:.0%} of a core; again")
-        assert best is not None
+        window = runner.Window(a.connections, a.duration, a.warmup)
+        best = runner.least_disturbed(
+            lambda: self.loadgen(server, keys, window, label, workers),
+            lambda report: float(report["other_load"]),
+            label,
+            a.max_other_load,
+            a.retries,
+        )
         if best["errors"] or best["lost"] or best["dns_queries"]:
             raise RuntimeError(f"{label}: not every lookup was a right cached answer: {best}")
         extra = ""
@@ -508,8 +359,8 @@ class Scaling:
         )
         return best
 
-    def verify(self, server: Any, keys: Path) -> None:
-        report = self.loadgen(server, keys, 8, 1.0, 0.0, f"verify {server.name}")
+    def verify(self, server: Server, keys: Path) -> None:
+        report = self.loadgen(server, keys, runner.VERIFY, f"verify {server.name}")
         if report["errors"] or report["lost"] or report["dns_queries"]:
             raise RuntimeError(f"{server.name} does not answer from its cache: {report}")
 
@@ -518,8 +369,8 @@ class Scaling:
     def part_size(self, small: Path, big: Path) -> None:
         a = self.args
         log(f"== cache size: {a.small:,} vs {a.big:,} domains ==")
-        self.loadavg["size"] = [loadavg()]
-        servers: dict[str, Any] = {}
+        self.loadavg["size"] = [runner.loadavg()]
+        servers: dict[str, Server] = {}
         try:
             servers["small"] = self.start("size-small", small, 1, pinned=True)
             servers["big"] = self.start("size-big", big, 1, pinned=True)
@@ -539,16 +390,15 @@ class Scaling:
                     report.update(part="size", size=size, keys_set=keyset, rep=rep + 1)
                     self.runs.append(report)
         finally:
-            for s in servers.values():
-                s.stop()
-        self.loadavg["size"].append(loadavg())
+            runner.stop_all(servers.values())
+        self.loadavg["size"].append(runner.loadavg())
         spread = [r["rps"] for r in self.runs if r.get("keys_set") == "all"]
-        self.spread_rps = _median(spread) if spread else None
+        self.spread_rps = reporting.median(spread) if spread else None
 
     def part_rss(self, big: Path) -> None:
         a = self.args
         log(f"== RSS: one worker, {a.big:,} cached domains, {a.rss_lookups:,} lookups twice ==")
-        self.loadavg["rss"] = [loadavg()]
+        self.loadavg["rss"] = [runner.loadavg()]
         server = self.start("rss", big, 1, pinned=True)
         try:
             (worker,) = self.ready(server, 1)
@@ -570,9 +420,8 @@ class Scaling:
                         fh.writelines(self.spread_lines[offset:])
                         fh.writelines(self.spread_lines[:offset])
                     duration = min(20.0, max(1.0, (a.rss_lookups - done) / rate))
-                    report = self.loadgen(
-                        server, rotated, a.connections, round(duration, 1), 0.2, f"rss/pass{n}"
-                    )
+                    window = runner.Window(a.connections, round(duration, 1), 0.2)
+                    report = self.loadgen(server, rotated, window, f"rss/pass{n}")
                     if report["errors"] or report["lost"] or report["dns_queries"]:
                         raise RuntimeError(f"RSS pass {n}: bad replies: {report}")
                     report.update(part="rss", rep=n, key_offset=offset)
@@ -593,10 +442,10 @@ class Scaling:
                 )
         finally:
             server.stop()
-        self.loadavg["rss"].append(loadavg())
+        self.loadavg["rss"].append(runner.loadavg())
 
     def _rss_sample(self, when: str, supervisor: int, worker: int, lookups: int) -> None:
-        w, s = memory_kib(worker), memory_kib(supervisor)
+        w, s = runner.memory_kib(worker), runner.memory_kib(supervisor)
         self.rss.append({"when": when, "lookups": lookups, "worker": w, "supervisor": s})
         log(
             f"RSS {when}: worker VmRSS {w['VmRSS'] / MIB:.1f} MiB "
@@ -607,10 +456,10 @@ class Scaling:
     def part_workers(self, small: Path) -> None:
         """``workers`` 1 vs 2 in two layouts (see WORKER_LAYOUTS)."""
         a = self.args
-        self.loadavg["workers"] = [loadavg()]
+        self.loadavg["workers"] = [runner.loadavg()]
         for layout, pinned in (("one core", True), ("shared", False)):
             log(f"== workers: 1 vs 2, layout {layout!r}: {WORKER_LAYOUTS[layout]} ==")
-            servers: dict[int, Any] = {}
+            servers: dict[int, Server] = {}
             pids: dict[int, list[int]] = {}
             try:
                 for n in (1, 2):
@@ -625,9 +474,8 @@ class Scaling:
                         report.update(part="workers", layout=layout, workers=n, rep=rep + 1)
                         self.runs.append(report)
             finally:
-                for s in servers.values():
-                    s.stop()
-        self.loadavg["workers"].append(loadavg())
+                runner.stop_all(servers.values())
+        self.loadavg["workers"].append(runner.loadavg())
 
     def run(self) -> None:
         a = self.args
@@ -642,304 +490,12 @@ class Scaling:
             self.part_workers(small)
 
 
-# --------------------------------------------------------------------------------------
-# Report
-# --------------------------------------------------------------------------------------
-
-
-def _n(count: int) -> str:
-    """10³, 10⁶ for powers of ten, else the number."""
-    exp = len(str(count)) - 1
-    if count == 10**exp and exp > 1:
-        return "10" + str(exp).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
-    return f"{count:,}"
-
-
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "**not met**"
-
-
-def render(meta: dict[str, Any], bench: Scaling) -> tuple[str, list[dict[str, Any]]]:
-    a = bench.args
-    out = [f"# mtasts-fast scaling benchmark, {meta['date']} on {meta['host']}", ""]
-    out += [
-        f"- Machine: {meta['cpu']} × {meta['cpus']} cores, Linux {meta['kernel']}, "
-        f"Python {meta['python']}; mtasts-fast {meta['version']} (commit "
-        f"{meta['commit'][:12]}{', dirty tree' if meta['dirty'] else ''})",
-        f"- Command: `{meta['command']}`; {a.connections} connections over TCP, "
-        f"{a.duration} s measured after {a.warmup} s warm-up, {a.reps} repetition(s) "
-        f"({a.worker_reps} for the workers; medians shown), alternated; every lookup a "
-        "cache hit (no DNS query, no error, no reply lost)",
-        "- Load average (1/5/15 min) at the start and end of each part: "
-        + "; ".join(f"{k}: {v[0]} → {v[-1]}" for k, v in bench.loadavg.items()),
-    ]
-    for name, s in bench.seeding.items():
-        out.append(
-            f"- LMDB seeding ({name}): {s['entries']:,} entries with `put_many` "
-            f"(1000 per commit) in {s['seconds']:.1f} s, data.mdb {s['file_mib']:.0f} MiB"
-        )
-    out.append("")
-    targets: list[dict[str, Any]] = []
-
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in bench.runs:
-        if r.get("part") == "size":
-            groups.setdefault((r["size"], r["keys_set"]), []).append(r)
-    size = {k: _group(v) for k, v in groups.items()}
-    if size:
-        small, big = _n(a.small), _n(a.big)
-        out += [
-            f"## Cache size: {small} vs {big} cached domains",
-            "",
-            f"LMDB cache, `workers: 1` pinned to core {SERVER_CORE}, loadgen on core "
-            f"{CLIENT_CORE}. Hot set: the same {a.hot:,} domains, present in both caches. "
-            f"All: every one of the {big} domains once, shuffled (loadgen starts from the "
-            f"first key each run, so the first run also pays the worker's first touch of "
-            f"those LMDB pages).",
-            "",
-            "| cache | keys looked up | req/s (min–max) | CPU µs/lookup | p50 / p99 ms "
-            "| server core use | other load |",
-            "|---|---|--:|--:|--:|--:|--:|",
-        ]
-        names = {"hot": f"hot set ({a.hot:,})", "all": f"all {big}, shuffled"}
-        for key in (("small", "hot"), ("big", "hot"), ("big", "all")):
-            g = size.get(key)
-            if g:
-                out.append(
-                    f"| {small if key[0] == 'small' else big} | {names[key[1]]} "
-                    f"| {g['rps']:,.0f} ({g['rps_min']:,.0f}–{g['rps_max']:,.0f}) "
-                    f"| {g['cpu_us']:.2f} | {g['p50_ms']:.3f} / {g['p99_ms']:.3f} "
-                    f"| {g['cpu_util']:.0%} | {g['other_load']:.0%} |"
-                )
-        out.append("")
-        base, hot = size.get(("small", "hot")), size.get(("big", "hot"))
-        spread = size.get(("big", "all"))
-        if base and hot:
-            rps_ratio = hot["rps"] / base["rps"]
-            cpu_ratio = hot["cpu_us"] / base["cpu_us"]
-            out.append(
-                f"Hot set, {big} ÷ {small}: req/s {rps_ratio:.3f}×, CPU per lookup "
-                f"{cpu_ratio:.3f}×."
-                + (
-                    f" All {big} domains ÷ hot set on {small}: req/s "
-                    f"{spread['rps'] / base['rps']:.3f}×, CPU per lookup "
-                    f"{spread['cpu_us'] / base['cpu_us']:.3f}× (extra information: the "
-                    f"in-process memos hold 65,536 keys and 10,000 decoded entries)."
-                    if spread
-                    else ""
-                )
-            )
-            out.append("")
-            targets.append(
-                {
-                    "target": f"{big} vs {small} cached domains (hot set): req/s within 15 %",
-                    "value": f"{rps_ratio:.3f}×",
-                    "ok": abs(rps_ratio - 1) <= 0.15,
-                }
-            )
-            targets.append(
-                {
-                    "target": f"{big} vs {small} cached domains (hot set): CPU/lookup within 15 %",
-                    "value": f"{hot['cpu_us']:.2f} vs {base['cpu_us']:.2f} µs ({cpu_ratio:.3f}×)",
-                    "ok": abs(cpu_ratio - 1) <= 0.15,
-                }
-            )
-
-    if bench.rss:
-        out += [
-            f"## RSS of one worker over {_n(a.rss_lookups)} + {_n(a.rss_lookups)} lookups",
-            "",
-            f"A fresh daemon (`workers: 1`, core {SERVER_CORE}) on the {_n(a.big)} cache; "
-            f"loadgen ({a.connections} connections) over all {_n(a.big)} domains, shuffled; "
-            "each loadgen run (≤ 20 s) goes on in the key list where the previous one "
-            "stopped, so a pass of as many lookups as domains visits each domain once. "
-            "From /proc/PID/status. RssFile is LMDB's memory map: page-cache pages the "
-            "worker has read, shared with every process mapping the file and reclaimable; "
-            "RssAnon is the process's own memory. Lookups: replies counted in loadgen's "
-            "windows (warm-up replies come on top).",
-            "",
-            "| when | lookups | worker VmRSS | worker RssAnon | worker RssFile "
-            "| supervisor VmRSS | supervisor RssAnon |",
-            "|---|--:|--:|--:|--:|--:|--:|",
-        ]
-        for s in bench.rss:
-            w, p = s["worker"], s["supervisor"]
-            out.append(
-                f"| {s['when']} | {s['lookups']:,} | {w['VmRSS'] / MIB:.1f} MiB "
-                f"| {w['RssAnon'] / MIB:.1f} MiB | {w['RssFile'] / MIB:.1f} MiB "
-                f"| {p['VmRSS'] / MIB:.1f} MiB | {p['RssAnon'] / MIB:.1f} MiB |"
-            )
-        out.append("")
-        if len(bench.rss) == 3:
-            first, second = bench.rss[1], bench.rss[2]
-            grown = second["worker"]["RssAnon"] - first["worker"]["RssAnon"]
-            lookups = second["lookups"] - first["lookups"]
-            per = grown * 1024 / lookups if lookups else 0.0
-            vm = second["worker"]["VmRSS"] - first["worker"]["VmRSS"]
-            out.append(
-                f"Second pass: worker RssAnon {grown / MIB:+.2f} MiB ({per:+.2f} bytes per "
-                f"lookup), VmRSS {vm / MIB:+.2f} MiB, supervisor VmRSS "
-                f"{(second['supervisor']['VmRSS'] - first['supervisor']['VmRSS']) / MIB:+.2f}"
-                f" MiB. Criterion: the worker's own memory grows by less than 1 byte per "
-                f"lookup after the first pass (a leak of one small object per lookup would "
-                f"show as tens of bytes)."
-            )
-            out.append("")
-            targets.append(
-                {
-                    "target": "RSS: no growth after warm-up (worker RssAnon, 2nd pass)",
-                    "value": f"{grown / MIB:+.2f} MiB over {lookups:,} lookups",
-                    "ok": per < 1.0,
-                }
-            )
-
-    wgroups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for r in bench.runs:
-        if r.get("part") == "workers":
-            wgroups.setdefault((r["layout"], r["workers"]), []).append(r)
-    if wgroups:
-        w = {k: _group(rs) for k, rs in wgroups.items()}
-        out += [
-            "## Workers: `workers: 2` vs `workers: 1`",
-            "",
-            f"{a.connections} connections, hot set on the {_n(a.small)} cache, two layouts: "
-            + "; ".join(f"*{k}*: {v}" for k, v in WORKER_LAYOUTS.items())
-            + ". On two cores shared with loadgen, throughput cannot show the gain, so the "
-            "comparison is on server CPU time per lookup (the workers and the idle "
-            "supervisor, from /proc/PID/stat over loadgen's window). Connections per "
-            "worker: established sockets in each worker's fd table; CPU share: each "
-            "worker's utime+stime; context switches of the workers' event-loop threads "
-            "(/proc/PID/status) per lookup: voluntary ones are waits for work (few lookups "
-            "per wake-up, so the fixed cost of a loop iteration is shared by fewer), "
-            "involuntary ones are preemptions.",
-            "",
-            "| layout | workers | req/s | CPU µs/lookup (all workers) | server CPU use "
-            "| connections per worker | CPU share per worker "
-            "| context switches per 1000 lookups (voluntary / involuntary) | other load |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
-        ]
-        for key in sorted(w, key=lambda k: (list(WORKER_LAYOUTS).index(k[0]), k[1])):
-            g = w[key]
-            conns = "; ".join(
-                "/".join(str(c) for c in r["connections_per_worker"]) for r in g["runs"]
-            )
-            shares = "; ".join(
-                "/".join(f"{s:.0%}" for s in r["cpu_share_per_worker"]) for r in g["runs"]
-            )
-            switches = "; ".join(
-                f"{r['switches_per_1000'][0]:.0f} / {r['switches_per_1000'][1]:.0f}"
-                for r in g["runs"]
-            )
-            out.append(
-                f"| {key[0]} | {key[1]} | {g['rps']:,.0f} | {g['cpu_us']:.2f} "
-                f"| {g['cpu_util']:.2f} cores | {conns} | {shares} | {switches} "
-                f"| {g['other_load']:.0%} |"
-            )
-        out.append("")
-        out.append(
-            "Projection for two free cores = 2 × (CPU/lookup, 1 worker) ÷ (CPU/lookup, 2 "
-            "workers) × balance, balance = 0.5 ÷ the larger worker's median share of the "
-            "connections (each connection bringing the same lookup rate, the worker with "
-            "more saturates first):"
-        )
-        out.append("")
-        for layout in WORKER_LAYOUTS:
-            one, two = w.get((layout, 1)), w.get((layout, 2))
-            if not one or not two:
-                continue
-            c1, c2 = one["cpu_us"], two["cpu_us"]
-            m = _median(
-                [
-                    max(r["connections_per_worker"]) / sum(r["connections_per_worker"])
-                    for r in two["runs"]
-                ]
-            )
-            cpu_m = _median([max(r["cpu_share_per_worker"]) for r in two["runs"]])
-            projected = 2 * c1 / c2 * 0.5 / m
-            out.append(
-                f"- *{layout}*: 2 × {c1:.2f} ÷ {c2:.2f} × {0.5 / m:.3f} = "
-                f"**{projected:.2f}×**; with the CPU-time split instead (larger share "
-                f"{cpu_m:.3f}): {2 * c1 / c2 * 0.5 / cpu_m:.2f}×; without a balance factor "
-                f"(a closed loop keeps both workers saturated whatever the split): "
-                f"{2 * c1 / c2:.2f}×."
-            )
-            if layout == "one core":
-                targets.append(
-                    {
-                        "target": "`workers: 2` ≥ 1.7× one worker (projected from the "
-                        "one-core layout, see method)",
-                        "value": f"{projected:.2f}×",
-                        "ok": projected >= 1.7,
-                    }
-                )
-        out.append("")
-
-    if targets:
-        out += ["## Targets (issue 5) in this run", "", "| target | this run | |", "|---|--:|---|"]
-        out += [f"| {t['target']} | {t['value']} | {_verdict(t['ok'])} |" for t in targets]
-        out.append("")
-    return "\n".join(out).rstrip() + "\n", targets
-
-
-def _group(rs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "reps": len(rs),
-        "rps": _median([r["rps"] for r in rs]),
-        "rps_min": min(r["rps"] for r in rs),
-        "rps_max": max(r["rps"] for r in rs),
-        "cpu_us": _median([r["server_cpu_us_per_req"] for r in rs]),
-        "cpu_util": _median([r["server_cpu_util"] for r in rs]),
-        "p50_ms": _median([r["latency_us"]["p50"] / 1000 for r in rs]),
-        "p99_ms": _median([r["latency_us"]["p99"] / 1000 for r in rs]),
-        "other_load": max(r["other_load"] for r in rs),
-        "runs": rs,
-    }
-
-
 def machine_meta() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-
-    def git(*cmd: str) -> str:
-        done = subprocess.run(["git", "-C", str(ROOT), *cmd], capture_output=True, text=True)
-        return done.stdout.strip()
-
-    version = subprocess.run(
-        [
-            str(OUR_VENV / "bin" / "python"),
-            "-c",
-            "import mtasts_fast; print(mtasts_fast.__version__)",
-        ],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
     return {
-        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "host": socket.gethostname(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "commit": git("rev-parse", "HEAD") or "unknown",
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "version": version,
-        "command": " ".join(["benchmarks/load/scaling.py", *sys.argv[1:]]),
+        **reporting.machine_meta(),
+        "version": reporting.our_version(),
+        "command": reporting.command_line("benchmarks/load/scaling.py"),
     }
-
-
-def save(results_dir: Path, host: str, markdown: str, data: dict[str, Any]) -> Path:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{dt.date.today().isoformat()}-{host}-scaling"
-    base, n = results_dir / stem, 2
-    while base.with_suffix(".md").exists():
-        base, n = results_dir / f"{stem}-{n}", n + 1
-    base.with_suffix(".md").write_text(markdown)
-    base.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-    return base.with_suffix(".md")
 
 
 # --------------------------------------------------------------------------------------
@@ -948,11 +504,7 @@ def save(results_dir: Path, host: str, markdown: str, data: dict[str, Any]) -> P
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="scaling.py",
-        description="mtasts-fast alone: cache size 10³ vs 10⁶, RSS over 10⁶ lookups, "
-        "workers 1 vs 2 (see the module docstring).",
-    )
+    p = argparse.ArgumentParser(prog="scaling.py", description=(__doc__ or "").partition("\n")[0])
     p.add_argument("--small", type=int, default=1000, help="domains in the small cache")
     p.add_argument("--big", type=int, default=1_000_000, help="domains in the large cache")
     p.add_argument("--hot", type=int, default=1000, help="hot set, looked up in both caches")
@@ -960,9 +512,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--rss-lookups", type=int, default=1_000_000, help="lookups per RSS pass (default 10⁶)"
     )
     p.add_argument("--connections", type=int, default=128)
-    p.add_argument("--duration", type=float, default=3.0, help="measured seconds per run")
-    p.add_argument("--warmup", type=float, default=0.5)
-    p.add_argument("--reps", type=int, default=3, help="repetitions (cache size part)")
     p.add_argument(
         "--worker-reps",
         type=int,
@@ -976,78 +525,45 @@ def build_parser() -> argparse.ArgumentParser:
         default=["size", "rss", "workers"],
         help="comma-separated subset of size,rss,workers",
     )
-    p.add_argument(
-        "--max-other-load",
-        type=float,
-        default=0.2,
-        help="repeat a run when other processes used more than this share of a core (default 0.2)",
+    runner.add_run_options(
+        p,
+        reps="repetitions (cache size part)",
+        quick="smoke test: 2·10⁴ domains, 10⁵ lookups per RSS pass, 1 repetition of 1 s",
     )
-    p.add_argument("--retries", type=int, default=2)
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke test: 2·10⁴ domains, 10⁵ lookups per RSS pass, 1 repetition of 1 s",
-    )
-    p.add_argument("--results-dir", type=Path, default=run.BENCH / "results")
-    p.add_argument("--no-save", action="store_true", help="print the table only")
-    p.add_argument("--keep-workdir", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_seed-lmdb":
-        return seed_lmdb(argv[1], int(argv[2]))
-    args = build_parser().parse_args(argv)
+        return seeding.seed_lmdb(argv[1], int(argv[2]))
+    args = runner.parse_run_args(build_parser(), argv)
     if args.quick:
-        args.big, args.rss_lookups = 20_000, 100_000
-        args.duration, args.reps, args.warmup, args.retries = 1.0, 1, 0.3, 0
-        args.worker_reps = 1
+        args.big, args.rss_lookups, args.worker_reps = 20_000, 100_000, 1
     bad = [x for x in args.parts if x not in ("size", "rss", "workers")]
     if bad or not 1 <= args.hot <= args.small <= args.big or min(args.reps, args.worker_reps) < 1:
         print("scaling.py: --parts size,rss,workers; --hot <= --small <= --big", file=sys.stderr)
         return 2
-    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
-        print("scaling.py: needs two cores and taskset (util-linux)", file=sys.stderr)
+    if not runner.preflight("scaling.py"):
         return 2
-    if not (OUR_VENV / "bin" / "mta-sts-daemon").exists():
-        print(
-            f"scaling.py: {OUR_VENV}/bin/mta-sts-daemon missing; run `make compile`",
-            file=sys.stderr,
-        )
-        return 2
-    tools = run.build_tools()
-    work = Path(tempfile.mkdtemp(prefix="mtasts-scaling-"))
+    tools = runner.build_tools()
     started = time.monotonic()
-    bench = Scaling(args, tools, work)
-    try:
+    with runner.workdir("mtasts-scaling-", args.keep_workdir) as work:
+        bench = Scaling(args, tools, work)
         bench.run()
-    finally:
-        if args.keep_workdir:
-            log(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     meta = machine_meta()
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     markdown, targets = render(meta, bench)
-    print(markdown)
-    if not args.no_save:
-        path = save(
-            args.results_dir,
-            meta["host"],
-            markdown,
-            {
-                "meta": meta,
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "seeding": bench.seeding,
-                "loadavg": bench.loadavg,
-                "rss": bench.rss,
-                "targets": targets,
-                "runs": bench.runs,
-            },
-        )
-        log(f"saved {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} (and .json)")
-    log(f"done in {meta['elapsed_s']:.0f} s")
+    data = {
+        "meta": meta,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "seeding": bench.seeding,
+        "loadavg": bench.loadavg,
+        "rss": bench.rss,
+        "targets": targets,
+        "runs": bench.runs,
+    }
+    reporting.publish(markdown, data, args, suffix="-scaling")
     return 0
 
 

@@ -59,8 +59,6 @@ import itertools
 import multiprocessing
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,7 +69,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "load")]
+
+import runner  # noqa: E402
+from runner import frame, read_reply  # noqa: E402
 
 from tests.servers.world import World, WorldUnavailable  # noqa: E402
 
@@ -82,26 +83,8 @@ REPLY_TIMEOUT = 30.0
 NOTFOUND = b"NOTFOUND "
 
 
-def frame(payload: bytes) -> bytes:
-    return b"%d:%b," % (len(payload), payload)
-
-
-async def read_reply(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b":")
-    body = await reader.readexactly(int(head[:-1]) + 1)
-    if body[-1:] != b",":
-        raise ValueError(f"reply not terminated by ',': {body[-20:]!r}")
-    return body[:-1]
-
-
 def expected_ok(domain: str) -> bytes:
     return b"OK secure match=mx.%s servername=hostname" % domain.encode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the daemon's processes ----------------------------------------------------------
@@ -116,26 +99,13 @@ class ProcSample:
 
 
 def sample_process(pid: int) -> ProcSample | None:
+    """None once the process has gone (or is a zombie: no memory left to read)."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        memory = runner.memory_kib(pid)
         fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (FileNotFoundError, ProcessLookupError):
+        return ProcSample(pid, memory["VmRSS"], memory["RssAnon"], fds)
+    except (FileNotFoundError, ProcessLookupError, KeyError):
         return None
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return ProcSample(
-        pid,
-        int(fields["VmRSS"].split()[0]),
-        int(fields["RssAnon"].split()[0]),
-        fds,
-    )
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 @dataclasses.dataclass
@@ -506,19 +476,6 @@ def cache_section(directory: Path, args: argparse.Namespace) -> str:
     )
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"daemon exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("daemon did not start listening")
-
-
 async def soak(world: WorldProcess, proc: subprocess.Popen[bytes], port: int, args: Any) -> int:
     load = Load(world, port, args)
     await load.setup_domains()
@@ -528,7 +485,7 @@ async def soak(world: WorldProcess, proc: subprocess.Popen[bytes], port: int, ar
     await load.prime()
     print(f"primed in {time.monotonic() - started:.0f} s", flush=True)
 
-    initial_workers = set(children(proc.pid))
+    initial_workers = set(runner.children(proc.pid))
     seen_workers = set(initial_workers)
     clients = [asyncio.ensure_future(load.client(i)) for i in range(args.connections)]
     rows: list[Row] = []
@@ -541,7 +498,7 @@ async def soak(world: WorldProcess, proc: subprocess.Popen[bytes], port: int, ar
             if proc.poll() is not None:
                 print(f"daemon exited with {proc.returncode}", flush=True)
                 return 1
-            pids = children(proc.pid)
+            pids = runner.children(proc.pid)
             seen_workers.update(pids)
             sup = sample_process(proc.pid)
             workers = [s for s in (sample_process(p) for p in pids) if s is not None]
@@ -630,34 +587,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="mtasts-soak-") as tmp:
         directory = Path(tmp)
-        port = free_port()
+        port = runner.free_port()
         config = write_config(directory, world, port, args)
         log_path = args.log or directory / "daemon.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "mtasts_fast", "-c", str(config), "-v", "warning"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
+        log_path.write_bytes(b"")  # this run's log only: tracebacks are counted in it
+        # Not pinned, this environment (MTASTS_NO_EXTENSIONS and the like pass
+        # through), the open-file limit as it is.
+        daemon = runner.Server(
+            "mta-sts-daemon",
+            [sys.executable, "-m", "mtasts_fast", "-c", str(config), "-v", "warning"],
+            f"127.0.0.1:{port}",
+            log_path,
+            cores=None,
+            env=os.environ,
+            cwd=ROOT,
+            fd_limit=False,
+        )
+        proc = daemon.proc
         try:
-            wait_listening(port, proc)
+            try:
+                daemon.wait_ready(30.0)
+            except RuntimeError as exc:
+                raise SystemExit(str(exc)) from None
             print(
                 f"daemon pid {proc.pid}, {args.workers} workers, port {port}, "
                 f"{args.connections} connections, {args.seconds:.0f} s, "
                 f"sample every {args.interval:.0f} s",
                 flush=True,
             )
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                code = runner.run(soak(world, proc, port, args))
+            with asyncio.Runner(loop_factory=_loop_factory()) as loop:
+                code = loop.run(soak(world, proc, port, args))
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            daemon.stop()
             world.stop()
         text = Path(log_path).read_text(errors="replace")
         tracebacks = text.count("Traceback")
