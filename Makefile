@@ -16,7 +16,7 @@ else
 INSTALL_TARGET := .
 endif
 
-.PHONY: all venv compile debug test test-c test-py deps lint run check-config bench bench-load bench-tools bench-bursts sdist wheels man clean
+.PHONY: all venv compile debug test test-c test-py deps roots lint run check-config bench bench-load bench-tools bench-bursts sdist wheels man clean
 
 all: compile
 
@@ -41,7 +41,12 @@ debug: venv
 deps:
 	@bash .ci/debian-deps tests/debian-packages.txt
 
-test: deps compile test-c test-py
+# The Debian 13 root for the Postfix 3.10 and booted-systemd tests, built once per
+# recipe into /var/cache/mtasts-fast/roots (.ci/debian13-root; needs root).
+roots: deps
+	@bash .ci/debian13-root >/dev/null
+
+test: deps roots compile test-c test-py
 
 test-c:
 	MTASTS_REQUIRE_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_ARGS)
