@@ -15,9 +15,8 @@ overlay mount takes milliseconds and leaves the upper layer for the test to
 inspect (or to write configuration into before a boot).
 
 - Chroot: :func:`overlay_root` with ``api_filesystems=True`` mounts fresh
-  instances of proc, sysfs, devtmpfs, devpts and a tmpfs on /dev/shm inside the
-  overlay (never bind mounts of the host's: unmounting a bind of a shared /dev
-  would propagate to the host's own /dev/pts), and unmounts all of it on exit;
+  instances of proc, sysfs, devpts, a tmpfs /dev with the usual device nodes
+  and a tmpfs on /dev/shm inside the overlay, and unmounts all of it on exit;
   :func:`run_in_root` runs a command there with ``chroot``.
 - Boot: :func:`booted_container` starts ``systemd-nspawn --boot --register=no
   --keep-unit`` on an overlay, waits until ``systemctl is-system-running``
@@ -39,6 +38,7 @@ import contextlib
 import functools
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -190,15 +190,46 @@ def _unmount(target: Path) -> None:
     _run_host(["umount", "--lazy", str(target)])
 
 
-# fstype, source, target inside the root, options: what chrooted tools expect
-# (arch-chroot's set). All fresh instances, none a bind of the host's mounts.
+# fstype, source, target inside the root, options: what chrooted tools expect.
+# All fresh instances, none a bind of the host's mounts (unmounting a bind of a
+# shared /dev propagates to the host's own /dev/pts). /dev is a tmpfs holding
+# copies of the few device nodes (as systemd-nspawn makes it), not devtmpfs:
+# should a killed test leave it mounted, the later removal of its scratch
+# directory deletes these copies, not the host's /dev.
 _API_FILESYSTEMS = (
     ("proc", "proc", "proc", "nosuid,nodev,noexec"),
     ("sysfs", "sysfs", "sys", "ro,nosuid,nodev,noexec"),
-    ("devtmpfs", "udev", "dev", "mode=0755,nosuid"),
+    ("tmpfs", "dev", "dev", "mode=0755,nosuid,size=1m"),
     ("devpts", "devpts", "dev/pts", "newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec"),
     ("tmpfs", "shm", "dev/shm", "mode=1777,nosuid,nodev"),
 )
+# Character devices for the tmpfs /dev: name -> (major, minor) (devices.txt).
+_DEVICES = {
+    "null": (1, 3),
+    "zero": (1, 5),
+    "full": (1, 7),
+    "random": (1, 8),
+    "urandom": (1, 9),
+    "tty": (5, 0),
+}
+_DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+    "ptmx": "pts/ptmx",
+}
+
+
+def _populate_dev(dev: Path) -> None:
+    """Device nodes, links and mount points of a fresh tmpfs /dev."""
+    for name, (major, minor) in _DEVICES.items():
+        os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(dev / name, 0o666)  # mknod's mode passes through the umask
+    for name, target in _DEV_LINKS.items():
+        os.symlink(target, dev / name)
+    for name in ("pts", "shm"):
+        (dev / name).mkdir()
 
 
 @dataclass(frozen=True)
@@ -232,6 +263,8 @@ def overlay_root(root: Path, scratch: Path, *, api_filesystems: bool = False) ->
             for fstype, source, target, fs_options in _API_FILESYSTEMS:
                 _run_host(["mount", "-t", fstype, "-o", fs_options, source, str(merged / target)])
                 mounted.append(merged / target)
+                if target == "dev":
+                    _populate_dev(merged / target)
         yield Overlay(path=merged, upper=upper)
     finally:
         errors: list[str] = []

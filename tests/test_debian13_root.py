@@ -110,6 +110,16 @@ def test_tlsrpt_reporter_commands(chroot: Overlay, command: str) -> None:
     assert f"usage: {command}" in _ok(chroot, command, "--help")
 
 
+def test_chroot_has_api_filesystems(chroot: Overlay) -> None:
+    """/proc, /sys, /dev (with working nodes and a pty pair) inside the chroot."""
+    script = (
+        "import os; print(os.path.isfile('/proc/self/status'), os.path.isdir('/sys/class'),"
+        " len(open('/dev/urandom', 'rb').read(8)), open('/dev/null', 'w').write('x'),"
+        " os.ttyname(os.openpty()[1]))"
+    )
+    assert _ok(chroot, "python3", "-c", script).split() == ["True", "True", "8", "1", "/dev/pts/0"]
+
+
 def test_run_in_root_refuses_the_cached_root(debian13_root: Path) -> None:
     with pytest.raises(ValueError, match="cached root"):
         run_in_root(debian13_root, ["true"])
@@ -169,3 +179,5 @@ def test_cached_root_unchanged(debian13_root: Path, pristine: Snapshot, tmp_path
         assert (booted_overlay.upper / marker).exists()
     assert not (debian13_root / marker).exists()
     assert _snapshot(debian13_root) == pristine
+    # Everything the context managers mounted is gone again.
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
