@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import aiodns
 import pytest
 
-from mtasts_fast import __version__
-from mtasts_fast import fetcher as fetcher_module
+from mtasts_fast import __version__, dns_channel
 from mtasts_fast.fetcher import FetchResult, Outcome, PolicyFetcher, parse_nameservers
 from mtasts_fast.policy import MAX_AGE_LIMIT
 from tests.servers.proxy import ConnectProxy
@@ -482,7 +481,7 @@ async def test_the_dns_channel_is_replaced_and_the_old_one_closed(
     # c-ares caches answers (negative ones too) for up to an hour; the fetcher
     # bounds that by using a fresh channel every few minutes. Lifetime 0: a
     # new channel for every query, each closed once its queries are over.
-    monkeypatch.setattr(fetcher_module, "_DNS_CHANNEL_LIFETIME", 0.0)
+    monkeypatch.setattr(dns_channel, "_DNS_CHANNEL_LIFETIME", 0.0)
     closed: list[object] = []
     real_close = aiodns.DNSResolver.close
 
