@@ -95,6 +95,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     # Imported here so that --check-config and --help stay fast.
     import encodings.idna  # noqa: F401
 
+    from mtasts_fast.cache.internal_dir import InternalDirectory
     from mtasts_fast.server import ListenError
     from mtasts_fast.workers import Listeners, Supervisor, check_config, make_fetcher
 
@@ -113,6 +114,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         _log.error("%s", exc)
         return EXIT_FAILURE
     pidfile_written = False
+    internal = InternalDirectory()
     try:
         try:
             if args.pidfile:
@@ -134,15 +136,22 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         except (OSError, PrivilegeError) as exc:
             _log.error("cannot start: %s", exc)
             return EXIT_FAILURE
-        supervisor = Supervisor(
-            config,
-            fetcher,
-            listeners,
-            config_path=args.config,
-            use_uvloop=not args.disable_uvloop,
-        )
+        try:
+            # Creates the internal cache's directory, as the user we now are.
+            supervisor = Supervisor(
+                config,
+                fetcher,
+                listeners,
+                config_path=args.config,
+                use_uvloop=not args.disable_uvloop,
+                internal=internal,
+            )
+        except OSError as exc:
+            _log.error("cannot start: %s", exc)
+            return EXIT_FAILURE
         code = supervisor.run()
     finally:
+        internal.remove()
         listeners.close()
         if pidfile_written:
             _remove_pidfile(args.pidfile)

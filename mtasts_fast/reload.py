@@ -21,7 +21,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from mtasts_fast.config import Config
+from mtasts_fast.cache.internal_dir import InternalDirectory
+from mtasts_fast.config import CacheConfig, Config
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.listeners import Listeners
@@ -44,10 +45,13 @@ class Generation:
     config: Config
     fetcher: PolicyFetcher
     ca_stamp: tuple[int, int, int] | None
+    #: The cache its workers open: ``config.cache``, except that ``internal``
+    #: is the supervisor's shared directory (cache.internal_dir).
+    cache: CacheConfig
 
 
 def next_generation(
-    config_path: str, running: Generation, listeners: Listeners
+    config_path: str, running: Generation, listeners: Listeners, internal: InternalDirectory
 ) -> Generation | None:
     """The generation after ``running``, read from ``config_path``; None to keep running.
 
@@ -78,7 +82,11 @@ def next_generation(
     try:
         fetcher = make_fetcher(config)
         check_config(config)
+        cache = internal.cache_config(config.cache)
     except ConfigError as exc:
+        _log.error("%s; keeping the running configuration", exc)
+        return None
+    except OSError as exc:
         _log.error("%s; keeping the running configuration", exc)
         return None
     if config.workers != current.workers:
@@ -91,4 +99,4 @@ def next_generation(
                 sockets,
                 config.workers,
             )
-    return Generation(running.number + 1, config, fetcher, stamp)
+    return Generation(running.number + 1, config, fetcher, stamp, cache)

@@ -40,6 +40,7 @@ import time
 from collections import deque
 
 from mtasts_fast import __version__
+from mtasts_fast.cache.internal_dir import InternalDirectory
 from mtasts_fast.config import Config
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.listeners import Listeners
@@ -98,11 +99,15 @@ class Supervisor:
         config_path: str,
         use_uvloop: bool = True,
         notifier: Notifier | None = None,
+        internal: InternalDirectory | None = None,
     ) -> None:
+        """OSError if the ``internal`` cache's directory cannot be created."""
         self._listeners = listeners
         self._config_path = config_path
         self._notifier = notifier if notifier is not None else Notifier()
-        self._gen = Generation(1, config, fetcher, ca_stamp(config))
+        self._internal = internal if internal is not None else InternalDirectory()
+        cache = self._internal.cache_config(config.cache)
+        self._gen = Generation(1, config, fetcher, ca_stamp(config), cache)
         self._previous: Generation | None = None  # while a reload is under way
         self._poll = select.poll()
         self._workers = WorkerProcesses(
@@ -418,7 +423,7 @@ class Supervisor:
     # -- reload -----------------------------------------------------------------------------
 
     def _reload(self) -> None:
-        gen = next_generation(self._config_path, self._gen, self._listeners)
+        gen = next_generation(self._config_path, self._gen, self._listeners, self._internal)
         if gen is None:
             return
         self._notifier.notify(

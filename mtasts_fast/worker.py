@@ -20,7 +20,7 @@ import socket
 from typing import Any
 
 from mtasts_fast.cache import CacheUnavailable, create_cache
-from mtasts_fast.config import Config
+from mtasts_fast.config import CacheConfig, Config
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.heap import trim_forever
@@ -74,13 +74,16 @@ def run_worker(
     lifeline_fd: int,
     *,
     use_uvloop: bool,
+    cache: CacheConfig | None = None,
 ) -> int:
     """Serve ``sockets`` until SIGTERM (or EOF on ``lifeline_fd``); returns the exit code.
 
-    One byte goes to ``ready_fd`` once the worker answers.
+    One byte goes to ``ready_fd`` once the worker answers. ``cache``: the
+    backend to open, when it is not ``config.cache`` (the supervisor's
+    shared ``internal`` cache).
     """
     raise_fd_limit(config.max_connections)
-    coro = _serve(number, config, fetcher, sockets, ready_fd, lifeline_fd)
+    coro = _serve(number, config, cache or config.cache, fetcher, sockets, ready_fd, lifeline_fd)
     if use_uvloop:
         import uvloop
 
@@ -91,6 +94,7 @@ def run_worker(
 async def _serve(
     number: int,
     config: Config,
+    cache_config: CacheConfig,
     fetcher: PolicyFetcher,
     sockets: list[socket.socket],
     ready_fd: int,
@@ -115,7 +119,7 @@ async def _serve(
     started: list[Any] = []  # what to close, in reverse order
     try:
         try:
-            cache = create_cache(config.cache, config.filename)
+            cache = create_cache(cache_config, config.filename)
             started.append(cache)
             await cache.setup()
             await fetcher.start()

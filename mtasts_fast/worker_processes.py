@@ -140,6 +140,7 @@ class WorkerProcesses:
                     ready_w,
                     self._life_r,
                     use_uvloop=self._use_uvloop,
+                    cache=gen.cache,
                 )
             except BaseException:
                 with contextlib.suppress(BaseException):
