@@ -87,24 +87,22 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     """Check, bind, write the pidfile, drop privileges, then supervise the workers.
 
     Everything a worker needs that might be unreadable after the privilege
-    drop is loaded here, before it: the CA bundle, the cache backend's module,
-    the event loop and the codecs the loop loads lazily on the first
-    connection to a policy host (a Python installed under /root, say). The
-    workers are forked from this process, so they inherit all of it.
+    drop is loaded here, before it: the CA bundle (make_fetcher) and every
+    module (preload.py). The workers are forked from this process, so they
+    inherit all of it. Right after the drop, access.py checks that the user
+    can still read what is read again later (a reload, the cache).
     """
     # Imported here so that --check-config and --help stay fast.
-    import encodings.idna  # noqa: F401
-
+    from mtasts_fast.access import check_access
     from mtasts_fast.cache.internal_dir import InternalDirectory
+    from mtasts_fast.preload import preload
     from mtasts_fast.server import ListenError
     from mtasts_fast.workers import Listeners, Supervisor, check_config, make_fetcher
-
-    if not args.disable_uvloop:
-        import uvloop  # noqa: F401
 
     try:
         fetcher = make_fetcher(config)
         check_config(config)
+        preload(config, use_uvloop=not args.disable_uvloop)
     except ConfigError as exc:
         _log.error("%s", exc)
         return EXIT_CONFIG
@@ -136,6 +134,12 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         except (OSError, PrivilegeError) as exc:
             _log.error("cannot start: %s", exc)
             return EXIT_FAILURE
+        access = check_access(config)
+        for warning in access.warnings:
+            _log.warning("%s", warning)
+        if access.problem is not None:
+            _log.error("%s", access.problem)
+            return EXIT_CONFIG
         try:
             # Creates the internal cache's directory, as the user we now are.
             supervisor = Supervisor(

@@ -259,14 +259,19 @@ def test_privilege_drop_after_binding(
     request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
     shared.chmod(0o755)
     state = shared / "state" / "cache.lmdb"
+    # The run user reads the configuration and the CA file again at a
+    # reload, so the daemon refuses to start unless it can (test_startup_access).
+    ca_file = shared / "ca.pem"
+    shutil.copy(world.ca_file, ca_file)
+    ca_file.chmod(0o644)
     config, _ = _write_config(
-        tmp_path,
+        shared,
         world,
         port=port,
         workers=2,
+        ca_file=str(ca_file),
         cache={"type": "lmdb", "options": {"path": str(state)}},
     )
-    os.chmod(tmp_path, 0o755)
     os.chmod(config, 0o644)
     proc = start(config, "-u", "nobody", wait_port=port)
     # The daemon created the cache directory for the user it runs as.
