@@ -26,6 +26,7 @@ from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.heap import trim_forever
 from mtasts_fast.logs import reopen_log_file
 from mtasts_fast.maintenance import prune_forever
+from mtasts_fast.overrides import Overrides
 from mtasts_fast.proactive import ProactiveRefresher
 from mtasts_fast.responder import Responder
 from mtasts_fast.server import ListenError, SocketmapServer
@@ -75,15 +76,19 @@ def run_worker(
     *,
     use_uvloop: bool,
     cache: CacheConfig | None = None,
+    overrides: Overrides | None = None,
 ) -> int:
     """Serve ``sockets`` until SIGTERM (or EOF on ``lifeline_fd``); returns the exit code.
 
     One byte goes to ``ready_fd`` once the worker answers. ``cache``: the
     backend to open, when it is not ``config.cache`` (the supervisor's
-    shared ``internal`` cache).
+    shared ``internal`` cache). ``overrides``: the policy overrides, read
+    by the supervisor.
     """
     raise_fd_limit(config.max_connections)
-    coro = _serve(number, config, cache or config.cache, fetcher, sockets, ready_fd, lifeline_fd)
+    coro = _serve(
+        number, config, cache or config.cache, overrides, fetcher, sockets, ready_fd, lifeline_fd
+    )
     if use_uvloop:
         import uvloop
 
@@ -95,6 +100,7 @@ async def _serve(
     number: int,
     config: Config,
     cache_config: CacheConfig,
+    overrides: Overrides | None,
     fetcher: PolicyFetcher,
     sockets: list[socket.socket],
     ready_fd: int,
@@ -124,7 +130,7 @@ async def _serve(
             await cache.setup()
             await fetcher.start()
             started.append(fetcher)
-            responder = Responder(config, cache, fetcher)
+            responder = Responder(config, cache, fetcher, overrides=overrides)
             started.append(responder)
             server = SocketmapServer(config, responder)
             await server.start(sockets)

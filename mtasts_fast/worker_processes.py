@@ -141,6 +141,7 @@ class WorkerProcesses:
                     self._life_r,
                     use_uvloop=self._use_uvloop,
                     cache=gen.cache,
+                    overrides=gen.overrides,
                 )
             except BaseException:
                 with contextlib.suppress(BaseException):
