@@ -15,9 +15,12 @@ import asyncio
 import collections
 import contextlib
 import os
+import pwd
 import re
+import shutil
 import signal
 import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -326,3 +329,39 @@ def test_the_shared_environment_opens_without_flushes(tmp_path: Path) -> None:
 
     asyncio.run(roundtrip())
     internal.remove()
+
+
+def test_the_directory_belongs_to_the_user_the_daemon_runs_as(
+    world: World, daemons: list[DaemonProcess]
+) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("MTASTS_REQUIRE_ALL") == "1":
+            pytest.fail("needs root")
+        pytest.skip("needs root")
+    nobody = pwd.getpwnam("nobody")
+    # Where nobody can read the configuration and the CA file (a reload does).
+    shared = Path(tempfile.mkdtemp(prefix="mtasts-internal-"))
+    try:
+        shared.chmod(0o755)
+        ca_file = shared / "ca.pem"
+        shutil.copy(world.ca_file, ca_file)
+        ca_file.chmod(0o644)
+        daemon = DaemonProcess(
+            shared,
+            world,
+            args=("-u", "nobody"),
+            workers=2,
+            ca_file=str(ca_file),
+            cache={"type": "internal"},
+        )
+        daemons.append(daemon)
+        daemon.start()
+        daemon.wait_for_log(r"2 workers answering on")
+        directory = _directory(daemon)
+        info = directory.stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (nobody.pw_uid, 0o700)
+        assert daemon.ask(b"postfix good.loc") == GOOD
+        daemon.stop()
+        assert not directory.exists()  # removed by the supervisor, as nobody
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
