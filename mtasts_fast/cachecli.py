@@ -119,9 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config.from_yaml(args.config)
         if config.cache.type == "internal":
             raise UsageError(
-                f"{config.filename}: cache.type: the 'internal' cache lives inside each "
-                "daemon process and cannot be reached from outside; mta-sts-cache works "
-                "with lmdb, sqlite, redis, redis_sentinel and postgres"
+                f"{config.filename}: cache.type: the 'internal' cache lives in a private "
+                "directory of the running daemon and goes when it stops; mta-sts-cache "
+                "works with lmdb, sqlite, redis, redis_sentinel and postgres"
             )
         cache = create_cache(config.cache, config.filename)
         return asyncio.run(_run(cache, config, args))

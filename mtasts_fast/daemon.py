@@ -12,12 +12,16 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mtasts_fast import __version__, defaults
 from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.logs import LEVELS, configure_logging
 from mtasts_fast.privileges import PrivilegeError, drop_privileges, prepare_state_dir
+
+if TYPE_CHECKING:
+    from mtasts_fast.overrides import Overrides
 
 __all__ = ["build_parser", "console_main", "main"]
 
@@ -69,41 +73,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = Config.from_yaml(args.config)
+        overrides = _overrides(config)
     except ConfigError as exc:
         print(f"mta-sts-daemon: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        print(f"{args.config}: configuration OK")
+        extra = ""
+        if overrides is not None:
+            extra = f" (policy overrides: {len(overrides)} entries in {overrides.filename})"
+        print(f"{args.config}: configuration OK{extra}")
         return EXIT_OK
     try:
         configure_logging(args.verbosity, args.logfile)
     except OSError as exc:
         print(f"mta-sts-daemon: cannot open log file {args.logfile}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    return _run(config, args)
+    return _run(config, overrides, args)
 
 
-def _run(config: Config, args: argparse.Namespace) -> int:
+def _overrides(config: Config) -> Overrides | None:
+    if config.policy_overrides is None:
+        return None
+    # Imported only when used, so that --help stays fast.
+    from mtasts_fast.overrides import load_overrides
+
+    return load_overrides(config.policy_overrides)
+
+
+def _run(config: Config, overrides: Overrides | None, args: argparse.Namespace) -> int:
     """Check, bind, write the pidfile, drop privileges, then supervise the workers.
 
     Everything a worker needs that might be unreadable after the privilege
-    drop is loaded here, before it: the CA bundle, the cache backend's module,
-    the event loop and the codecs the loop loads lazily on the first
-    connection to a policy host (a Python installed under /root, say). The
-    workers are forked from this process, so they inherit all of it.
+    drop is loaded here, before it: the CA bundle (make_fetcher) and every
+    module (preload.py). The workers are forked from this process, so they
+    inherit all of it. Right after the drop, access.py checks that the user
+    can still read what is read again later (a reload, the cache).
     """
     # Imported here so that --check-config and --help stay fast.
-    import encodings.idna  # noqa: F401
-
+    from mtasts_fast.access import check_access
+    from mtasts_fast.cache.internal_dir import InternalDirectory
+    from mtasts_fast.preload import preload
     from mtasts_fast.server import ListenError
     from mtasts_fast.workers import Listeners, Supervisor, check_config, make_fetcher
-
-    if not args.disable_uvloop:
-        import uvloop  # noqa: F401
 
     try:
         fetcher = make_fetcher(config)
         check_config(config)
+        preload(config, use_uvloop=not args.disable_uvloop)
     except ConfigError as exc:
         _log.error("%s", exc)
         return EXIT_CONFIG
@@ -113,6 +129,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         _log.error("%s", exc)
         return EXIT_FAILURE
     pidfile_written = False
+    internal = InternalDirectory()
     try:
         try:
             if args.pidfile:
@@ -134,15 +151,29 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         except (OSError, PrivilegeError) as exc:
             _log.error("cannot start: %s", exc)
             return EXIT_FAILURE
-        supervisor = Supervisor(
-            config,
-            fetcher,
-            listeners,
-            config_path=args.config,
-            use_uvloop=not args.disable_uvloop,
-        )
+        access = check_access(config, config.policy_overrides)
+        for warning in access.warnings:
+            _log.warning("%s", warning)
+        if access.problem is not None:
+            _log.error("%s", access.problem)
+            return EXIT_CONFIG
+        try:
+            # Creates the internal cache's directory, as the user we now are.
+            supervisor = Supervisor(
+                config,
+                fetcher,
+                listeners,
+                config_path=args.config,
+                use_uvloop=not args.disable_uvloop,
+                internal=internal,
+                overrides=overrides,
+            )
+        except OSError as exc:
+            _log.error("cannot start: %s", exc)
+            return EXIT_FAILURE
         code = supervisor.run()
     finally:
+        internal.remove()
         listeners.close()
         if pidfile_written:
             _remove_pidfile(args.pidfile)

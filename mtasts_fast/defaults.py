@@ -134,6 +134,11 @@ NAMESERVERS: tuple[str, ...] = ()
 # which honours SSL_CERT_FILE / SSL_CERT_DIR.
 CA_FILE: str | None = None
 
+# --- Local control ----------------------------------------------------------
+
+# A YAML file of per-domain overrides (overrides.py); unset means none.
+POLICY_OVERRIDES: str | None = None
+
 # Worker processes sharing the listening port (SO_REUSEPORT) and the cache.
 # One per CPU by default: a worker is single-threaded and CPU-bound on hits.
 MAX_WORKERS = 256

@@ -2,7 +2,10 @@
 
 Prints what a person needs to debug a domain — the TXT records seen, the
 policy, the reply Postfix would get, and every RFC 8461 check that failed —
-or the same as JSON. Exit status: 0 a valid policy, 1 no policy published,
+or the same as JSON. With ``-c``, the configuration's ``policy_overrides``
+are read too: the entry that applies to the domain is shown, and the reply
+is the one the daemon gives with it (the domain is still looked up, to show
+what it publishes). Exit status: 0 a valid policy, 1 no policy published,
 2 discovery or fetch failed, or a usage/config error.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -20,6 +24,7 @@ from mtasts_fast import __version__, defaults
 from mtasts_fast.config import Config, ZoneConfig
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.logs import LEVELS, configure_logging
+from mtasts_fast.overrides import ENFORCE_TESTING, Applied, overrides_for
 
 __all__ = ["build_parser", "console_main", "main"]
 
@@ -87,9 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     zone = ZoneConfig()
     nameservers: tuple[str, ...] = tuple(args.nameserver)
     ca_file = args.ca_file
+    applied: Applied | None = None
+    overrides_file = None
     if args.config:
         try:
             config = Config.from_yaml(args.config)
+            overrides = overrides_for(config)
         except ConfigError as exc:
             print(f"mta-sts-query: {exc}", file=sys.stderr)
             return EXIT_ERROR
@@ -99,15 +107,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         zone = config.zone_for(args.zone or "")
         nameservers = nameservers or config.nameservers
         ca_file = ca_file or config.ca_file
+        if overrides is not None:
+            applied = overrides.apply(domain)
+            overrides_file = overrides.filename
     elif args.zone:
         print("mta-sts-query: --zone needs -c/--config", file=sys.stderr)
         return EXIT_ERROR
     timeout = args.timeout if args.timeout is not None else zone.timeout
+    if applied is not None and applied.override.kind == ENFORCE_TESTING:
+        zone = dataclasses.replace(zone, strict_testing=True)
     try:
         report = asyncio.run(_query(domain, args.known_id, nameservers, ca_file, timeout, zone))
     except (OSError, ValueError) as exc:
         print(f"mta-sts-query: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    report["override"] = None
+    if applied is not None:
+        override = applied.override
+        report["override"] = {
+            "file": overrides_file,
+            "entry": override.entry,
+            "kind": override.kind,
+            "description": override.describe(),
+        }
+        if override.kind != ENFORCE_TESTING:
+            report["reply"] = applied.payload(zone).decode()
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=False))
     else:
@@ -196,6 +220,12 @@ def _human(report: dict[str, Any]) -> str:
         out.append(f"result:      FAILED at {stage} ({kind}): {report['reason']}")
     for warning in report["warnings"]:
         out.append(f"warning:     {warning}")
+    override = report.get("override")
+    if override is not None:
+        out.append(
+            f"override:    {override['file']}: entry {override['entry']!r} applies: "
+            f"{override['description']}"
+        )
     if report["reply"] is not None:
         out.append(f"Postfix reply: {report['reply']}")
     return "\n".join(out)

@@ -7,7 +7,9 @@ workers (they reopen theirs), then re-reads the configuration file with
 survive; changed, the supervisor switches to the new :class:`Generation` and
 replaces the workers one at a time, each successor answering before its
 predecessor gets SIGTERM, so the port never stops answering; the reload is
-complete (logged, ``READY=1``) once every predecessor has exited. A worker of
+complete (logged, ``READY=1``) once every predecessor has exited. The
+policy overrides file is part of the configuration: it is read again at
+every SIGHUP, and a changed one replaces the workers too. A worker of
 the new configuration that cannot start abandons the reload. Every setting
 takes effect except those baked into the bound sockets (:data:`LISTENER_KEYS`):
 a change there is logged and needs a restart. A new ``workers`` count is
@@ -21,10 +23,12 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from mtasts_fast.config import Config
+from mtasts_fast.cache.internal_dir import InternalDirectory
+from mtasts_fast.config import CacheConfig, Config
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.listeners import Listeners
+from mtasts_fast.overrides import Overrides, overrides_for
 from mtasts_fast.prefork import ca_stamp, check_config, make_fetcher
 
 __all__ = ["LISTENER_KEYS", "Generation", "next_generation"]
@@ -44,10 +48,15 @@ class Generation:
     config: Config
     fetcher: PolicyFetcher
     ca_stamp: tuple[int, int, int] | None
+    #: The cache its workers open: ``config.cache``, except that ``internal``
+    #: is the supervisor's shared directory (cache.internal_dir).
+    cache: CacheConfig
+    #: The file ``config.policy_overrides`` names, as read for this generation.
+    overrides: Overrides | None = None
 
 
 def next_generation(
-    config_path: str, running: Generation, listeners: Listeners
+    config_path: str, running: Generation, listeners: Listeners, internal: InternalDirectory
 ) -> Generation | None:
     """The generation after ``running``, read from ``config_path``; None to keep running.
 
@@ -58,6 +67,8 @@ def next_generation(
     current = running.config
     try:
         config = Config.from_yaml(config_path)
+        # Re-read at every reload, changed or not: its content is what counts.
+        overrides = overrides_for(config)
     except ConfigError as exc:
         _log.error("%s; keeping the running configuration", exc)
         return None
@@ -72,13 +83,19 @@ def next_generation(
         )
         config = dataclasses.replace(config, **{k: getattr(current, k) for k in LISTENER_KEYS})
     stamp = ca_stamp(config)
-    if config == current and stamp == running.ca_stamp:
+    if config == current and stamp == running.ca_stamp and overrides == running.overrides:
         _log.info("configuration unchanged; workers keep running")
         return None
+    if overrides is not None and overrides != running.overrides:
+        _log.info("policy overrides: %d entries in %s", len(overrides), overrides.filename)
     try:
         fetcher = make_fetcher(config)
         check_config(config)
+        cache = internal.cache_config(config.cache)
     except ConfigError as exc:
+        _log.error("%s; keeping the running configuration", exc)
+        return None
+    except OSError as exc:
         _log.error("%s; keeping the running configuration", exc)
         return None
     if config.workers != current.workers:
@@ -91,4 +108,4 @@ def next_generation(
                 sockets,
                 config.workers,
             )
-    return Generation(running.number + 1, config, fetcher, stamp)
+    return Generation(running.number + 1, config, fetcher, stamp, cache, overrides)

@@ -1,15 +1,21 @@
-"""Turn one socketmap request into one reply (DESIGN.md §3–§4).
+"""Turn one socketmap request into one reply (DESIGN.md §3–§4, §8).
 
 The hot path — a cache hit on a backend with synchronous reads — runs without
 creating a task or touching the network: split the request, find the zone,
 normalise the key (memoised), read the entry, return the memoised reply bytes.
 Everything else returns a coroutine for the server to schedule.
+
+A lookup's steps, in order: the key (normalised, memoised); a local override
+(overrides.py), found with the key and memoised with it, so a key without
+one pays a type check only; then the policy from the cache or a fetch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -21,6 +27,7 @@ from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.keys import normalise_key
 from mtasts_fast.memo import make_room
 from mtasts_fast.netstring import encode
+from mtasts_fast.overrides import ENFORCE_TESTING, Applied, Overrides
 from mtasts_fast.refresh import PolicyRefresher
 from mtasts_fast.reply import NOTFOUND, render_policy
 
@@ -45,7 +52,7 @@ _MISSING = object()
 class _Zone:
     """A zone's settings as the hot path wants them."""
 
-    __slots__ = ("config", "render_key", "timeout")
+    __slots__ = ("config", "render_key", "strict", "timeout")
 
     def __init__(self, config: ZoneConfig) -> None:
         self.config = config
@@ -55,6 +62,13 @@ class _Zone:
         # An int key hashes in nanoseconds; the frozen dataclass does not.
         self.render_key = (
             int(config.strict_testing) | int(config.require_sni) << 1 | int(config.tlsrpt) << 2
+        )
+        # The same zone with strict_testing, for domains whose override says
+        # enforce_testing; its render key differs, so both replies coexist.
+        self.strict: _Zone = (
+            self
+            if config.strict_testing
+            else _Zone(dataclasses.replace(config, strict_testing=True))
         )
 
 
@@ -68,6 +82,7 @@ class Responder:
         fetcher: PolicyFetcher,
         *,
         clock: Callable[[], float] = time.time,
+        overrides: Overrides | None = None,
     ) -> None:
         self._cache = cache
         self._clock = clock
@@ -77,7 +92,13 @@ class Responder:
             name.encode(): _Zone(zone) for name, zone in config.zones.items()
         }
         self._sync_reads = cache.synchronous_reads
-        self._keys: dict[bytes, str | None] = {}
+        self._overrides = overrides if overrides else None
+        # raw key -> its domain, None (NOTFOUND at once), or the override
+        # that applies to it.
+        self._keys: dict[bytes, str | Applied | None] = {}
+        #: Lookups answered (or, for enforce_testing, rendered) by an
+        #: override, by kind: a plain counter for the metrics to export.
+        self.override_counts: collections.Counter[str] = collections.Counter()
         #: Coalesced, rate-limited fetches with negative caching and backoff.
         self.refresher = PolicyRefresher(config, cache, fetcher, clock=clock)
         # Last background revalidation attempt per domain, so a lookup storm
@@ -96,7 +117,16 @@ class Responder:
             domain = self._normalise(raw_key)
         if domain is None:
             return NOTFOUND_REPLY
-        assert isinstance(domain, str)
+        if not isinstance(domain, str):
+            # A local override: the operator's word, before anything else
+            # (DANE and MTA-STS alike).
+            assert isinstance(domain, Applied)
+            kind = domain.override.kind
+            self.override_counts[kind] += 1
+            if kind != ENFORCE_TESTING:
+                return domain.reply(zone.config, zone.render_key)
+            zone = zone.strict
+            domain = domain.domain
         if self._sync_reads:
             try:
                 entry = self._cache.get_nowait(domain)
@@ -118,11 +148,15 @@ class Responder:
                 return NOTFOUND_REPLY
         return self._answer_slow(domain, zone)
 
-    def _normalise(self, raw_key: bytes) -> str | None:
+    def _normalise(self, raw_key: bytes) -> str | Applied | None:
         make_room(self._keys, _KEY_MEMO_LIMIT)
         domain = normalise_key(raw_key)
-        self._keys[raw_key] = domain
-        return domain
+        resolved: str | Applied | None = domain
+        if domain is not None and self._overrides is not None:
+            # Once per distinct key: the memo keeps the answer either way.
+            resolved = self._overrides.apply(domain) or domain
+        self._keys[raw_key] = resolved
+        return resolved
 
     @staticmethod
     def _framed(entry: CacheEntry, zone: _Zone) -> bytes:

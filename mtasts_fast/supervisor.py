@@ -40,10 +40,12 @@ import time
 from collections import deque
 
 from mtasts_fast import __version__
+from mtasts_fast.cache.internal_dir import InternalDirectory
 from mtasts_fast.config import Config
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.listeners import Listeners
 from mtasts_fast.logs import reopen_log_file
+from mtasts_fast.overrides import Overrides
 from mtasts_fast.prefork import ca_stamp
 from mtasts_fast.reload import Generation, next_generation
 from mtasts_fast.sdnotify import Notifier
@@ -98,11 +100,18 @@ class Supervisor:
         config_path: str,
         use_uvloop: bool = True,
         notifier: Notifier | None = None,
+        internal: InternalDirectory | None = None,
+        overrides: Overrides | None = None,
     ) -> None:
+        """OSError if the ``internal`` cache's directory cannot be created."""
         self._listeners = listeners
         self._config_path = config_path
         self._notifier = notifier if notifier is not None else Notifier()
-        self._gen = Generation(1, config, fetcher, ca_stamp(config))
+        self._internal = internal if internal is not None else InternalDirectory()
+        cache = self._internal.cache_config(config.cache)
+        self._gen = Generation(1, config, fetcher, ca_stamp(config), cache, overrides)
+        if overrides is not None:
+            _log.info("policy overrides: %d entries in %s", len(overrides), overrides.filename)
         self._previous: Generation | None = None  # while a reload is under way
         self._poll = select.poll()
         self._workers = WorkerProcesses(
@@ -418,7 +427,7 @@ class Supervisor:
     # -- reload -----------------------------------------------------------------------------
 
     def _reload(self) -> None:
-        gen = next_generation(self._config_path, self._gen, self._listeners)
+        gen = next_generation(self._config_path, self._gen, self._listeners, self._internal)
         if gen is None:
             return
         self._notifier.notify(

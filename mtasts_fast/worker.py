@@ -20,12 +20,13 @@ import socket
 from typing import Any
 
 from mtasts_fast.cache import CacheUnavailable, create_cache
-from mtasts_fast.config import Config
+from mtasts_fast.config import CacheConfig, Config
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.heap import trim_forever
 from mtasts_fast.logs import reopen_log_file
 from mtasts_fast.maintenance import prune_forever
+from mtasts_fast.overrides import Overrides
 from mtasts_fast.proactive import ProactiveRefresher
 from mtasts_fast.responder import Responder
 from mtasts_fast.server import ListenError, SocketmapServer
@@ -74,13 +75,20 @@ def run_worker(
     lifeline_fd: int,
     *,
     use_uvloop: bool,
+    cache: CacheConfig | None = None,
+    overrides: Overrides | None = None,
 ) -> int:
     """Serve ``sockets`` until SIGTERM (or EOF on ``lifeline_fd``); returns the exit code.
 
-    One byte goes to ``ready_fd`` once the worker answers.
+    One byte goes to ``ready_fd`` once the worker answers. ``cache``: the
+    backend to open, when it is not ``config.cache`` (the supervisor's
+    shared ``internal`` cache). ``overrides``: the policy overrides, read
+    by the supervisor.
     """
     raise_fd_limit(config.max_connections)
-    coro = _serve(number, config, fetcher, sockets, ready_fd, lifeline_fd)
+    coro = _serve(
+        number, config, cache or config.cache, overrides, fetcher, sockets, ready_fd, lifeline_fd
+    )
     if use_uvloop:
         import uvloop
 
@@ -91,6 +99,8 @@ def run_worker(
 async def _serve(
     number: int,
     config: Config,
+    cache_config: CacheConfig,
+    overrides: Overrides | None,
     fetcher: PolicyFetcher,
     sockets: list[socket.socket],
     ready_fd: int,
@@ -115,12 +125,12 @@ async def _serve(
     started: list[Any] = []  # what to close, in reverse order
     try:
         try:
-            cache = create_cache(config.cache, config.filename)
+            cache = create_cache(cache_config, config.filename)
             started.append(cache)
             await cache.setup()
             await fetcher.start()
             started.append(fetcher)
-            responder = Responder(config, cache, fetcher)
+            responder = Responder(config, cache, fetcher, overrides=overrides)
             started.append(responder)
             server = SocketmapServer(config, responder)
             await server.start(sockets)

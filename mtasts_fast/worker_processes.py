@@ -140,6 +140,8 @@ class WorkerProcesses:
                     ready_w,
                     self._life_r,
                     use_uvloop=self._use_uvloop,
+                    cache=gen.cache,
+                    overrides=gen.overrides,
                 )
             except BaseException:
                 with contextlib.suppress(BaseException):

@@ -14,6 +14,7 @@ from mtasts_fast.cache.base import CacheEntry
 from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.config import Config
 from mtasts_fast.fetcher import PolicyFetcher
+from mtasts_fast.overrides import overrides_for
 from mtasts_fast.policy import Policy
 from mtasts_fast.responder import Responder
 from mtasts_fast.server import SocketmapServer
@@ -134,7 +135,7 @@ async def start_daemon(
         cache = InternalCache(int(config.cache.options.get("cache_size", 10_000)))
     fetcher = PolicyFetcher(nameservers=config.nameservers, ca_file=config.ca_file)
     await fetcher.start()
-    responder = Responder(config, cache, fetcher, clock=clock)
+    responder = Responder(config, cache, fetcher, clock=clock, overrides=overrides_for(config))
     server = SocketmapServer(config, responder)
     try:
         await server.start()

@@ -89,7 +89,7 @@ def test_internal_cache_is_explained(tmp_path: Path, capsys: pytest.CaptureFixtu
     config = tmp_path / "internal.yml"
     config.write_text("cache: {type: internal}\n")
     assert main(["-c", str(config), "list"]) == 2
-    assert "cannot be reached from outside" in capsys.readouterr().err
+    assert "private directory of the running daemon" in capsys.readouterr().err
 
 
 def test_purge_needs_domains_or_all(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -105,7 +105,7 @@ def test_page_builds_without_warnings(name: str, tmp_path: Path) -> None:
 # -- the configuration page matches config.py and defaults.py -----------------------------------
 
 YML = "mta-sts-daemon.yml.5"
-TOP_SECTIONS = ("LISTENER", "POLICY CACHE AND FETCHING")
+TOP_SECTIONS = ("LISTENER", "POLICY CACHE AND FETCHING", "LOCAL OVERRIDES")
 
 # Keys whose default is one value (the others: "not set", CPU count, ...).
 TOP_DEFAULTS: dict[str, object] = {
@@ -174,7 +174,7 @@ def test_every_top_level_key_with_a_default_is_listed_here() -> None:
     # checked) or be one whose default is not a single value.
     no_single_default = {
         "path", "mode", "owner", "group", "workers", "cache", "proactive_policy_fetching",
-        "default_zone", "zones", "nameservers", "ca_file",
+        "default_zone", "zones", "nameservers", "ca_file", "policy_overrides",
     }  # fmt: skip
     assert set(config._TOP_KEYS) == set(TOP_DEFAULTS) | no_single_default
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.servers.daemon import serving_pid
 from tests.servers.world import World
 from tests.socketmap import free_port
 
@@ -339,11 +340,16 @@ def test_both_workers_serve_and_a_killed_worker_is_replaced(
     d = daemon(workers=2, reuse_port=True)
     pids = d.worker_pids()
     assert len(pids) == 2
-    # Each worker has its own in-process cache: exactly one fetch per worker
-    # proves both answered (the kernel spreads connections over their sockets).
+    # The kernel spreads connections over the workers' sockets; /proc tells
+    # which worker accepted each. They share the cache: one fetch in all.
+    answered_by = set()
     for _ in range(40):
-        assert ask(d.address, payload) == GOOD
-    assert world.https_requests(domain) == 2
+        with connect(d.address) as sock:
+            sock.sendall(frame(payload))
+            assert read_reply(sock) == GOOD
+            answered_by.add(serving_pid(sock, pids))
+    assert answered_by == pids
+    assert world.https_requests(domain) == 1
 
     loops = [ClientLoop(d.address, payload, persistent=p) for p in (True, True, False, False)]
     for loop in loops:
@@ -418,11 +424,12 @@ def test_a_worker_that_keeps_crashing_is_restarted_with_backoff(
             id="sqlite-directory-missing",
         ),
         pytest.param(
-            "from mtasts_fast.cache.internal import InternalCache\n"
+            # The workers' internal cache is the supervisor's LMDB environment.
+            "from mtasts_fast.cache.lmdb import LmdbCache\n"
             "from mtasts_fast.errors import ConfigError\n"
             "async def setup(self):\n"
             "    raise ConfigError('test.yml', 'cache.options', 'rejected by the backend')\n"
-            "InternalCache.setup = setup\n",
+            "LmdbCache.setup = setup\n",
             {"type": "internal"},
             2,
             "cache.options: rejected by the backend",

@@ -57,6 +57,7 @@ TOP_KEYS = (
     "zones",
     "nameservers",
     "ca_file",
+    "policy_overrides",
 )
 
 
@@ -134,4 +135,6 @@ def build_config(data: object, filename: str) -> Config:
         zones=zone_configs(top.items.get("zones"), "zones"),
         nameservers=_nameservers(top.items.get("nameservers"), "nameservers"),
         ca_file=top.optional("ca_file", string),
+        # The file itself is read by overrides.py (--check-config, start, reload).
+        policy_overrides=top.optional("policy_overrides", string),
     )

@@ -90,6 +90,7 @@ class Config:
     zones: Mapping[str, ZoneConfig]
     nameservers: tuple[str, ...]
     ca_file: str | None
+    policy_overrides: str | None = defaults.POLICY_OVERRIDES
 
     @classmethod
     def from_yaml(cls, filename: str | os.PathLike[str]) -> Config:

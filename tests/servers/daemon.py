@@ -10,6 +10,7 @@ and descriptors, whether the worker was replaced, what it logged::
     reset_peak_rss(pid)             # clear VmHWM (root only), then ...
     peak_rss(pid)                   # ... the peak resident set since, in bytes
     fd_count(pid)                   # open descriptors
+    serving_pid(sock, pids)         # which of ``pids`` holds the server end of ``sock``
     daemon.log_text()               # everything logged so far (-v debug)
     daemon.stop()
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,7 +32,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DaemonProcess", "fd_count", "peak_rss", "reset_peak_rss", "rss"]
+__all__ = ["DaemonProcess", "fd_count", "peak_rss", "reset_peak_rss", "rss", "serving_pid"]
 
 
 def _free_port() -> int:
@@ -68,6 +70,41 @@ def reset_peak_rss(pid: int) -> bool:
 def fd_count(pid: int) -> int:
     """Open file descriptors of ``pid``."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _server_end_inode(sock: socket.socket) -> int | None:
+    """The inode of the accepted socket at the other end of TCP client ``sock``."""
+    client_host, client_port = sock.getsockname()[:2]
+    server_port = sock.getpeername()[1]
+    table = "/proc/net/tcp6" if ":" in client_host else "/proc/net/tcp"
+    for line in Path(table).read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+        # The server's end: its local port is the listening port, its
+        # remote port our client's (both on loopback in these tests).
+        if local_port == server_port and remote_port == client_port:
+            return int(fields[9])
+    return None
+
+
+def serving_pid(sock: socket.socket, pids: list[int] | set[int]) -> int | None:
+    """Which of ``pids`` holds the accepted end of TCP connection ``sock``.
+
+    With SO_REUSEPORT the kernel picks the worker; this reads the answer back
+    from /proc (the connection must have been accepted: ask something first).
+    """
+    inode = _server_end_inode(sock)
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                        return pid
+    return None
 
 
 def recv_netstring(sock: socket.socket) -> bytes:
@@ -194,6 +231,18 @@ class DaemonProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        """The first match of ``pattern`` in the log, waiting for it to appear."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = regex.search(self.log_text())
+            if match is not None:
+                return match
+            if time.monotonic() > deadline or not self.alive():
+                raise AssertionError(f"no {pattern!r} in the log:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
 
     # --- talking to it ---
 

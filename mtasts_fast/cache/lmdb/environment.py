@@ -18,6 +18,11 @@ Durability
     a cache only costs a refetch; ``sync=False`` would risk corruption on
     power loss, so it is not used. The lock is never disabled.
 
+    ``durable=False`` (the ``internal`` cache, a throw-away environment in a
+    private temporary directory) skips the flushes altogether: the data is
+    meant to be lost at a restart anyway, and on a disk-backed directory a
+    flush per commit would make every write wait for the disk.
+
 Map size
     A write that does not fit even after evicting (``writes``) doubles the
     map, up to MAP_GROWTH_LIMIT times the configured ``map_size``. Other
@@ -96,7 +101,9 @@ def restrict(filename: str) -> None:
         _log.warning("removed world permissions from %s", filename)
 
 
-def open_environment(configured_path: str, map_size: int) -> OpenEnvironment:
+def open_environment(
+    configured_path: str, map_size: int, *, durable: bool = True
+) -> OpenEnvironment:
     """Open (creating if needed) the environment at ``configured_path``."""
     path, subdir = split_path(configured_path)
     if subdir:
@@ -110,7 +117,7 @@ def open_environment(configured_path: str, map_size: int) -> OpenEnvironment:
         map_size=map_size,
         subdir=subdir,
         mode=FILE_MODE,
-        sync=True,
+        sync=durable,
         metasync=False,
         # Lookups hit random pages; readahead would only evict useful ones.
         readahead=False,

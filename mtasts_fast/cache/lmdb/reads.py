@@ -7,7 +7,8 @@ with ``MDB_NOTLS`` (py-lmdb always sets it) and one spare transaction, so
 ``begin`` reuses its reader slot (0.7 µs instead of 1.1). Decoding (~4 µs)
 and rendering the reply (2-4 µs) would multiply the cost of a hit, so the
 decoded entry of each recently read domain is memoised together with its
-bytes (up to MEMO_LIMIT domains): a hit whose stored bytes are unchanged
+bytes (up to MEMO_LIMIT domains, or ``max_entries`` when that is smaller: a
+memo never needs more entries than the cache can hold): a hit whose stored bytes are unchanged
 returns the same ``CacheEntry`` object, whose ``rendered`` replies the
 responder keeps. Comparing the bytes makes the memo exact: a write by any
 process is seen on the next read.
@@ -52,6 +53,7 @@ def read_entry(
     commits: CommitCounter | None,
     memo: Memo,
     domain: str,
+    limit: int = MEMO_LIMIT,
 ) -> CacheEntry | None:
     """The entry of ``domain``, from ``memo`` when it is still exact (module doc)."""
     if env is None or dbs is None:
@@ -87,7 +89,7 @@ def read_entry(
     if entry is None:
         return None
     if memoised is None:
-        make_room(memo, MEMO_LIMIT)
+        make_room(memo, limit)
     memo[domain] = (data, entry, commit)
     return entry
 

@@ -44,7 +44,7 @@ from mtasts_fast.cache.lmdb.environment import (
 )
 from mtasts_fast.cache.lmdb.eviction import Capacity, prune_expired
 from mtasts_fast.cache.lmdb.layout import DOUBLE, Databases, storable, time_key
-from mtasts_fast.cache.lmdb.reads import Memo, read_batch, read_entry
+from mtasts_fast.cache.lmdb.reads import MEMO_LIMIT, Memo, read_batch, read_entry
 
 __all__ = ["LmdbCache"]
 
@@ -72,12 +72,18 @@ class LmdbCache(Cache):
         self._max_entries = int(options.get("max_entries", defaults.LMDB_MAX_ENTRIES))
         if self._max_entries < 1:
             raise ValueError("max_entries must be at least 1")
+        # Not a config key: False only for the ``internal`` cache's throw-away
+        # environment (cache.internal_dir), see environment.py "Durability".
+        self._durable = bool(options.get("durable", True))
         self._env: lmdb.Environment | None = None
         self._dbs: Databases | None = None
         self._capacity: Capacity | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._write_lock = asyncio.Lock()
         self._memo: Memo = {}
+        # The memo holds decoded entries in each process: never more than the
+        # cache itself may hold, so a small cache stays small in every worker.
+        self._memo_limit = min(MEMO_LIMIT, self._max_entries)
         self._commits: CommitCounter | None = None
 
     # -- opening and closing ------------------------------------------------------
@@ -93,7 +99,9 @@ class LmdbCache(Cache):
             raise CacheUnavailable(f"cannot open the LMDB cache at {self._path}: {exc}") from exc
 
     def _open(self) -> None:
-        env, page_size, dbs, commits = open_environment(self._path, self._map_size)
+        env, page_size, dbs, commits = open_environment(
+            self._path, self._map_size, durable=self._durable
+        )
         self._dbs = dbs
         self._capacity = Capacity(env, page_size, self._max_entries)
         self._commits = commits
@@ -139,7 +147,9 @@ class LmdbCache(Cache):
 
     def get_nowait(self, domain: str) -> CacheEntry | None:
         try:
-            return read_entry(self._env, self._dbs, self._commits, self._memo, domain)
+            return read_entry(
+                self._env, self._dbs, self._commits, self._memo, domain, self._memo_limit
+            )
         except lmdb.MapResizedError:
             if self._write_lock.locked():
                 # The writer thread is busy, so the map cannot be replaced now;
@@ -147,7 +157,9 @@ class LmdbCache(Cache):
                 return None
             adopt_map_size(self._require_env(), self._path)
         try:
-            return read_entry(self._env, self._dbs, self._commits, self._memo, domain)
+            return read_entry(
+                self._env, self._dbs, self._commits, self._memo, domain, self._memo_limit
+            )
         except lmdb.MapResizedError as exc:
             raise CacheUnavailable(f"LMDB map keeps being resized: {exc}") from exc
 
@@ -155,7 +167,7 @@ class LmdbCache(Cache):
         return await self._adopting(self._read, domain)
 
     def _read(self, domain: str) -> CacheEntry | None:
-        return read_entry(self._env, self._dbs, self._commits, self._memo, domain)
+        return read_entry(self._env, self._dbs, self._commits, self._memo, domain, self._memo_limit)
 
     async def _adopting(self, read: Callable[..., _T], *args: Any) -> _T:
         """``read(*args)``; if another process has grown the map, adopt it and retry."""
