@@ -96,11 +96,15 @@ class Destination:
 
 @dataclass(frozen=True)
 class ReceiverSpec:
-    """An SMTP receiver on ``ip``:25; ``cert_names`` None means no STARTTLS."""
+    """An SMTP receiver on ``ip``:25; ``cert_names`` None means no STARTTLS.
+
+    ``untrusted``: the certificate comes from a CA the sender does not trust.
+    """
 
     ip: str
     hostname: str
     cert_names: tuple[str, ...] | None
+    untrusted: bool = False
 
 
 def check_lab_prerequisites() -> None:
@@ -117,10 +121,11 @@ def check_lab_prerequisites() -> None:
         unavailable("aiosmtpd is not installed (pyproject.toml dependency group `test`)")
 
 
-def server_context(certs: Certificates, *names: str) -> ssl.SSLContext:
+def server_context(certs: Certificates, *names: str, untrusted: bool = False) -> ssl.SSLContext:
     """A server TLS context with a certificate from the test CA for ``names``."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    certs.ca.issue_cert(*names).configure_cert(ctx)
+    ca = certs.untrusted_ca if untrusted else certs.ca
+    ca.issue_cert(*names).configure_cert(ctx)
     return ctx
 
 
@@ -191,7 +196,9 @@ class MailLab:
         return "\n".join(parts)
 
 
-def _daemon_config(certs: Certificates, zones: Mapping[str, Any]) -> dict[str, Any]:
+def _daemon_config(
+    certs: Certificates, default_zone: Mapping[str, Any], zones: Mapping[str, Any]
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": DAEMON_PORT,
@@ -201,6 +208,8 @@ def _daemon_config(certs: Certificates, zones: Mapping[str, Any]) -> dict[str, A
         "ca_file": certs.ca_file,
         "cache": {"type": "internal"},
     }
+    if default_zone:
+        config["default_zone"] = dict(default_zone)
     if zones:
         config["zones"] = dict(zones)
     return config
@@ -211,14 +220,15 @@ def mail_lab(
     prefix: str,
     receivers: Sequence[ReceiverSpec],
     *,
+    default_zone: Mapping[str, Any] | None = None,
     zones: Mapping[str, Any] | None = None,
     workdir: Path | None = None,
 ) -> Iterator[MailLab]:
     """Start the lab (namespace ``<prefix>-<pid>-<hex>``); tear everything down on exit.
 
-    ``zones``: the daemon's ``zones`` setting. ``workdir``: where certificates,
-    the daemon's config and log go (a fresh directory under /var/tmp, removed on
-    exit, unless given).
+    ``default_zone``, ``zones``: the daemon's settings of those names.
+    ``workdir``: where certificates, the daemon's config and log go (a fresh
+    directory under /var/tmp, removed on exit, unless given).
     """
     check_lab_prerequisites()
     from tests.servers.smtp import Receiver
@@ -228,6 +238,7 @@ def mail_lab(
         if workdir is None:
             workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/var/tmp"))
             cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o755)  # Postfix daemons run as user postfix
         netns = cleanup.enter_context(Netns(name, nameserver=DNS_IP))
 
@@ -245,7 +256,9 @@ def mail_lab(
             await dns.start()
             await https.start()
             for spec in receivers:
-                tls = None if spec.cert_names is None else server_context(certs, *spec.cert_names)
+                tls = None
+                if spec.cert_names is not None:
+                    tls = server_context(certs, *spec.cert_names, untrusted=spec.untrusted)
                 await receiver.listen(spec.ip, 25, hostname=spec.hostname, tls=tls)
 
         async def stop_servers() -> None:
@@ -257,7 +270,7 @@ def mail_lab(
         loop.call(start_servers())
 
         config = workdir / "mta-sts-daemon.yml"
-        config.write_text(yaml.safe_dump(_daemon_config(certs, zones or {})))
+        config.write_text(yaml.safe_dump(_daemon_config(certs, default_zone or {}, zones or {})))
         daemon = NetnsDaemon(
             name,
             config,
