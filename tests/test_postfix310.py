@@ -93,6 +93,15 @@ TESTING_UNTRUSTED = Destination(
 TESTING_WRONG_NAME = Destination(
     "testing-wrong-name.test", "testing", "mx.testing-wrong-name.test", WRONG_NAME_IP, tlsrpt=RUA
 )
+# (d): a testing policy with (b)'s unlisted MX is delivered all the same.
+TESTING_UNLISTED_MX = Destination(
+    "testing-unlisted-mx.test",
+    "testing",
+    "mx2.testing-unlisted-mx.test",
+    GOOD_IP,
+    policy_mx=("mx1.testing-unlisted-mx.test",),
+    tlsrpt=RUA,
+)
 DESTINATIONS = (
     ENFORCE_OK,
     UNLISTED_MX,
@@ -100,9 +109,14 @@ DESTINATIONS = (
     NO_STARTTLS,
     TESTING_UNTRUSTED,
     TESTING_WRONG_NAME,
+    TESTING_UNLISTED_MX,
 )
 RECEIVERS = (
-    ReceiverSpec(GOOD_IP, "good.receiver.test", ("mx.enforce-ok.test", "mx1.unlisted-mx.test")),
+    ReceiverSpec(
+        GOOD_IP,
+        "good.receiver.test",
+        ("mx.enforce-ok.test", "mx1.unlisted-mx.test", "mx1.testing-unlisted-mx.test"),
+    ),
     ReceiverSpec(WRONG_NAME_IP, "wrong.receiver.test", ("wrong-name.receiver.test",)),
     ReceiverSpec(PLAIN_IP, "plain.receiver.test", None),
     ReceiverSpec(
@@ -219,6 +233,7 @@ def deliveries(lab310: Lab310) -> dict[str, Delivery]:
         "c-no-starttls": (NO_STARTTLS.domain, "user"),
         "d-untrusted": (TESTING_UNTRUSTED.domain, "user"),
         "d-wrong-name": (TESTING_WRONG_NAME.domain, "user"),
+        "d-unlisted-mx": (TESTING_UNLISTED_MX.domain, "user"),
     }
     done = {}
     for name, (domain, local) in sends.items():
@@ -336,6 +351,15 @@ def test_d_testing_wrong_name_delivered_and_reported_as_success(
     assert len(lab310.lab.delivered(d.recipient)) == 1
 
 
+def test_d_testing_unlisted_mx_delivered(lab310: Lab310, deliveries: dict[str, Delivery]) -> None:
+    """The MX-pattern check is secure-level only: a testing policy never defers for it."""
+    d = deliveries["d-unlisted-mx"]
+    assert "status=sent" in d.line, _diagnostics(lab310)
+    assert "does not match STS MX pattern" not in d.log
+    assert f"TLSRPT: status=success, domain={TESTING_UNLISTED_MX.domain}" in d.log
+    assert len(lab310.lab.delivered(d.recipient)) == 1
+
+
 # --- (e) the report ---------------------------------------------------------------
 
 
@@ -350,7 +374,7 @@ class Reports:
 
 # Session results the collectd receives from (a)-(d): every delivery but (b)'s
 # deferral, which Postfix refuses before it connects and does not report.
-REPORTED_SESSIONS = 6
+REPORTED_SESSIONS = 7
 
 
 @pytest.fixture(scope="module")
@@ -502,9 +526,19 @@ def test_e_failures(reports: Reports, dest: Destination, ip: str, result_type: s
     assert detail["receiving-mx-helo"].startswith("250-")
 
 
-def test_e_testing_policy_strings_say_testing(reports: Reports) -> None:
-    policy = _only_policy(reports.json[TESTING_WRONG_NAME.domain])
-    assert policy["policy"] == _sts_policy(TESTING_WRONG_NAME)
+@pytest.mark.parametrize(
+    "dest",
+    [
+        pytest.param(TESTING_WRONG_NAME, id="d-testing-wrong-name"),
+        pytest.param(TESTING_UNLISTED_MX, id="d-testing-unlisted-mx"),
+    ],
+)
+def test_e_testing_sessions_that_postfix_does_not_check(
+    reports: Reports, dest: Destination
+) -> None:
+    """Reported under the testing policy, as successes: at "may" Postfix checks no names."""
+    policy = _only_policy(reports.json[dest.domain])
+    assert policy["policy"] == _sts_policy(dest)
     assert "mode: testing" in policy["policy"]["policy-string"]
     assert policy["summary"] == {
         "total-successful-session-count": 1,
@@ -544,5 +578,6 @@ def test_e_sessions_match_the_log(lab310: Lab310, deliveries: dict[str, Delivery
         NO_STARTTLS.domain: 1,
         TESTING_UNTRUSTED.domain: 1,
         TESTING_WRONG_NAME.domain: 1,
+        TESTING_UNLISTED_MX.domain: 1,
     }
     assert len(deliveries) == len(per_domain) + 1  # (b) twice, one of them unreported
