@@ -93,6 +93,12 @@ ZONE_TIMEOUT = 4.0
 REQUIRE_SNI = True
 # Append TLSRPT attributes (needs Postfix >= 3.10). Same as the old daemon.
 TLSRPT = False
+# The reply to a `mode: testing` policy in a TLSRPT zone: "notfound" answers
+# NOTFOUND (no attributes: Postfix keeps its own level, so nothing is ever
+# lowered); "may", "encrypt" or "dane" name that Postfix level and add the
+# TLSRPT attributes, so the sessions are reported under the STS policy. Only an
+# operator knows which level is not below their own smtp_tls_security_level.
+TLSRPT_TESTING_LEVEL = "notfound"
 
 # --- Proactive policy fetching ---------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from mtasts_fast import __version__, defaults
 from mtasts_fast.config import Config, ZoneConfig
+from mtasts_fast.config.zones import socketmap_zones
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.logs import LEVELS, configure_logging
 from mtasts_fast.overrides import ENFORCE_TESTING, Applied, overrides_for
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"mta-sts-query: {exc}", file=sys.stderr)
             return EXIT_ERROR
-        if args.zone and args.zone not in config.zones:
+        if args.zone and args.zone not in socketmap_zones(config.default_zone, config.zones):
             print(f"mta-sts-query: no zone {args.zone!r} in {args.config}", file=sys.stderr)
             return EXIT_ERROR
         zone = config.zone_for(args.zone or "")

@@ -42,41 +42,77 @@ def render_policy(domain: str, policy: Policy, zone: ZoneConfig) -> bytes:
     """Return the reply payload (not yet netstring-framed) for ``policy``.
 
     ``enforce`` — and ``testing`` when the zone sets ``strict_testing`` — gives
-    ``OK secure match=...``; anything else is ``NOTFOUND `` so that Postfix
-    applies its own default level (RFC 8461 §5: testing mode must not block
-    delivery).
+    ``OK secure match=...``. A ``testing`` policy in a TLSRPT zone whose
+    ``tlsrpt_testing_level`` names a level gives ``OK <level>`` with the TLSRPT
+    attributes: Postfix then reports the sessions under the STS policy without
+    enforcing it. Anything else is ``NOTFOUND `` so that Postfix applies its own
+    default level (RFC 8461 §5: testing mode must not block delivery). The
+    README's "Postfix 3.10 and TLSRPT" table gives the reasons per state.
     """
-    if policy.mode != "enforce" and not (policy.mode == "testing" and zone.strict_testing):
+    enforced = policy.mode == "enforce" or (policy.mode == "testing" and zone.strict_testing)
+    if enforced:
+        if not policy.mx:
+            # policy.py refuses enforce/testing without a usable mx; this guards
+            # the invariant because an empty match= makes Postfix defer all mail.
+            return NOTFOUND
+        head = "OK secure match=" + _match_list(policy.mx)
+    elif policy.mode == "testing" and zone.tlsrpt and zone.tlsrpt_testing_level != "notfound":
+        # Report only: match= is invalid at these levels (smtp_tls_policy.c
+        # tls_policy_lookup_one), and none of them checks the MX name.
+        head = "OK " + zone.tlsrpt_testing_level
+    else:
         return NOTFOUND
-    if not policy.mx:
-        # policy.py refuses enforce/testing without a usable mx; this guards the
-        # invariant because an empty match= makes Postfix defer all mail.
-        return NOTFOUND
-    head = "OK secure match=" + _match_list(policy.mx)
     if zone.require_sni:
         head += " servername=hostname"
     if not zone.tlsrpt:
         return _checked(head, domain)
-    # Postfix ≥ 3.10 TLSRPT attributes (RFC 8460 §4.4); policy_type must come
-    # first or Postfix rejects the others.
-    parts = [head, "policy_type=sts", "policy_domain=" + domain]
-    parts.extend("mx_host_pattern=" + pattern for pattern in policy.mx)
-    with_patterns = " ".join(parts)
-    # Braces would end Postfix's { name = value } quoting early, so such lines
-    # are left out of the report attributes rather than escaped.
-    strings = [
-        "{ policy_string = " + line + " }"
-        for line in policy.lines
-        if "{" not in line and "}" not in line
-    ]
-    full = " ".join([with_patterns, *strings]) if strings else with_patterns
-    if len(full.encode()) <= REPLY_LIMIT:
-        return full.encode()
-    # Report data is optional; the security level is not. Drop the policy
-    # strings first, then all TLSRPT attributes, before giving up.
-    if len(with_patterns.encode()) <= REPLY_LIMIT:
-        return with_patterns.encode()
+    attributes = _tlsrpt_attributes(domain, policy, REPLY_LIMIT - len(head.encode()) - 1)
+    if attributes is not None:
+        return f"{head} {attributes}".encode()
+    if not enforced:
+        # The level was named only to carry the report: without the attributes
+        # Postfix's own level (NOTFOUND) is the answer, and never lower.
+        return NOTFOUND
+    # Report data is optional; the security level is not.
     return _checked(head, domain)
+
+
+def _tlsrpt_attributes(domain: str, policy: Policy, room: int) -> str | None:
+    """Postfix ≥ 3.10's TLSRPT attributes (RFC 8460 §4.4) in ``room`` bytes, or None.
+
+    ``policy_type`` comes first: any other of them without it makes Postfix
+    reject the policy. Postfix 3.10.0 to 3.10.5 crash (a null pointer in
+    smtp_tlsrpt.c, fixed 20251027) on ``policy_type=sts`` without at least one
+    ``policy_string`` and one ``mx_host_pattern``: such a reply is never sent.
+    ``policy_ttl`` is deprecated (Postfix HISTORY 20250205) and ``policy_failure``
+    makes Postfix fail the certificate check (tls_client.c ``ffail_type``):
+    neither is ever sent.
+
+    Every ``mx_host_pattern`` must fit, since from 3.10.5 on Postfix refuses an
+    MX host that matches none; a policy too long for the reply limit (a thousand
+    ``mx`` lines) keeps the policy strings that fit, in order, and at least one.
+    """
+    if not policy.mx:
+        return None
+    parts = ["policy_type=sts", "policy_domain=" + domain]
+    parts.extend("mx_host_pattern=" + pattern for pattern in policy.mx)
+    text = " ".join(parts)
+    used = len(text.encode())
+    strings: list[str] = []
+    for line in policy.lines:
+        # Braces would end Postfix's { name = value } quoting early, so such
+        # lines are left out of the report attributes rather than escaped.
+        if "{" in line or "}" in line:
+            continue
+        item = " { policy_string = " + line + " }"
+        size = len(item.encode())
+        if used + size > room:
+            break
+        strings.append(item)
+        used += size
+    if not strings:
+        return None
+    return text + "".join(strings)
 
 
 def _checked(text: str, domain: str) -> bytes:

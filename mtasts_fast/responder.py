@@ -23,6 +23,7 @@ from typing import Any
 
 from mtasts_fast.cache import Cache, CacheEntry
 from mtasts_fast.config import Config, ZoneConfig
+from mtasts_fast.config.zones import TESTING_LEVELS, socketmap_zones
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.keys import normalise_key
 from mtasts_fast.memo import make_room
@@ -57,11 +58,14 @@ class _Zone:
     def __init__(self, config: ZoneConfig) -> None:
         self.config = config
         self.timeout = config.timeout
-        # A reply depends on these three settings only (reply.render_policy),
-        # so zones that agree on them share the rendered reply of an entry.
-        # An int key hashes in nanoseconds; the frozen dataclass does not.
+        # A reply depends on these settings only (reply.render_policy), so
+        # zones that agree on them share the rendered reply of an entry. An
+        # int key hashes in nanoseconds; the frozen dataclass does not.
         self.render_key = (
-            int(config.strict_testing) | int(config.require_sni) << 1 | int(config.tlsrpt) << 2
+            int(config.strict_testing)
+            | int(config.require_sni) << 1
+            | int(config.tlsrpt) << 2
+            | TESTING_LEVELS.index(config.tlsrpt_testing_level) << 3
         )
         # The same zone with strict_testing, for domains whose override says
         # enforce_testing; its render key differs, so both replies coexist.
@@ -88,8 +92,10 @@ class Responder:
         self._clock = clock
         self._grace = config.cache_grace
         self._default_zone = _Zone(config.default_zone)
+        # The configured zones and postfix-tlspol's QUERY / QUERYwithTLSRPT.
         self._zones: dict[bytes, _Zone] = {
-            name.encode(): _Zone(zone) for name, zone in config.zones.items()
+            name.encode(): _Zone(zone)
+            for name, zone in socketmap_zones(config.default_zone, config.zones).items()
         }
         self._sync_reads = cache.synchronous_reads
         self._overrides = overrides if overrides else None

@@ -25,6 +25,7 @@ from mtasts_fast.config import (
     ProactiveFetchConfig,
     ZoneConfig,
 )
+from mtasts_fast.config.zones import socketmap_zones
 from mtasts_fast.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config_examples" / "internal.yml"
@@ -497,6 +498,61 @@ def test_zone_for(map_name: str, expected: ZoneConfig) -> None:
     assert config.zone_for(map_name) == expected
 
 
+@pytest.mark.parametrize(
+    ("zones", "map_name", "expected"),
+    [
+        pytest.param(
+            {},
+            "QUERYwithTLSRPT",
+            ZoneConfig(timeout=2.0, tlsrpt_testing_level="may", tlsrpt=True),
+            id="tlspol-tlsrpt-name-is-default-zone-with-tlsrpt",
+        ),
+        pytest.param(
+            {},
+            "QUERY",
+            ZoneConfig(timeout=2.0, tlsrpt_testing_level="may"),
+            id="tlspol-query-name-is-default-zone",
+        ),
+        pytest.param(
+            {"QUERYwithTLSRPT": {"require_sni": False}},
+            "QUERYwithTLSRPT",
+            ZoneConfig(require_sni=False),
+            id="configured-zone-of-that-name-wins",
+        ),
+        pytest.param(
+            {"QUERY": {"tlsrpt": True}},
+            "QUERY",
+            ZoneConfig(tlsrpt=True),
+            id="configured-query-zone-wins",
+        ),
+        pytest.param(
+            {},
+            "querywithtlsrpt",
+            ZoneConfig(timeout=2.0, tlsrpt_testing_level="may"),
+            id="tlspol-names-are-case-sensitive",
+        ),
+    ],
+)
+def test_postfix_tlspol_map_names(
+    zones: dict[str, object], map_name: str, expected: ZoneConfig
+) -> None:
+    """postfix-tlspol's main.cf lines work without a zone configured (issue 13)."""
+    config = Config.from_mapping(
+        {"default_zone": {"timeout": 2, "tlsrpt_testing_level": "may"}, "zones": zones}
+    )
+    assert config.zone_for(map_name) == expected
+    if map_name in ("QUERY", "QUERYwithTLSRPT"):
+        assert socketmap_zones(config.default_zone, config.zones)[map_name] == expected
+    # The built-in names never appear among the configured zones.
+    assert set(config.zones) == set(zones)
+
+
+@pytest.mark.parametrize("level", ["notfound", "may", "encrypt", "dane"])
+def test_tlsrpt_testing_level_values(level: str) -> None:
+    config = Config.from_mapping({"zones": {"z": {"tlsrpt": True, "tlsrpt_testing_level": level}}})
+    assert config.zones["z"].tlsrpt_testing_level == level
+
+
 # --------------------------------------------------------------------------
 # Accepted spellings
 
@@ -595,6 +651,18 @@ REJECTED = [
         "zones.aaa.strict",
         "did you mean 'strict_testing'?",
         id="unknown-key-in-named-zone",
+    ),
+    pytest.param(
+        "default_zone: {tlsrpt_testing_level: secure}",
+        "default_zone.tlsrpt_testing_level",
+        "expected one of notfound, may, encrypt, dane, got 'secure'",
+        id="testing-level-that-would-enforce",
+    ),
+    pytest.param(
+        "zones: {z: {tlsrpt_testing_level: none}}",
+        "zones.z.tlsrpt_testing_level",
+        "expected one of notfound, may, encrypt, dane, got 'none'",
+        id="testing-level-none-turns-tls-off",
     ),
     pytest.param(
         "proactive_policy_fetching: {enable: true}",
@@ -1046,6 +1114,7 @@ _NAMES = [
     "timeout",
     "require_sni",
     "tlsrpt",
+    "tlsrpt_testing_level",
     "nameservers",
     "ca_file",
     "cache_size",
@@ -1084,6 +1153,7 @@ _ZONE = st.fixed_dictionaries(
         "timeout": st.integers(1, 10**6) | st.floats(0.001, 1e6),
         "require_sni": st.booleans(),
         "tlsrpt": st.booleans(),
+        "tlsrpt_testing_level": st.sampled_from(["notfound", "may", "encrypt", "dane"]),
     },
 )
 _PATHS = st.sampled_from(["/run/mta-sts.sock", "cache.db", "/var/lib/mta-sts/x"])

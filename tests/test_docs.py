@@ -126,6 +126,7 @@ ZONE_DEFAULTS: dict[str, object] = {
     "timeout": defaults.ZONE_TIMEOUT,
     "require_sni": defaults.REQUIRE_SNI,
     "tlsrpt": defaults.TLSRPT,
+    "tlsrpt_testing_level": defaults.TLSRPT_TESTING_LEVEL,
 }
 PROACTIVE_DEFAULTS: dict[str, object] = {
     "enabled": defaults.PROACTIVE_ENABLED,

@@ -92,14 +92,90 @@ def test_enforce_without_mx_never_sends_empty_match() -> None:
     assert render_policy("x.test", Policy("enforce", 60, (), ()), ZoneConfig()) == NOTFOUND
 
 
-def test_oversized_tlsrpt_reply_drops_report_data_first() -> None:
+TESTING_ATTRIBUTES = (
+    "policy_type=sts policy_domain=enforce.test mx_host_pattern=mail.loc "
+    "{ policy_string = version: STSv1 } { policy_string = mode: testing }"
+)
+
+
+@pytest.mark.parametrize(
+    ("zone", "expected"),
+    [
+        pytest.param(
+            ZoneConfig(tlsrpt=True, tlsrpt_testing_level="may"),
+            f"OK may servername=hostname {TESTING_ATTRIBUTES}",
+            id="may",
+        ),
+        pytest.param(
+            ZoneConfig(tlsrpt=True, tlsrpt_testing_level="encrypt", require_sni=False),
+            f"OK encrypt {TESTING_ATTRIBUTES}",
+            id="encrypt-no-sni",
+        ),
+        pytest.param(
+            ZoneConfig(tlsrpt=True, tlsrpt_testing_level="dane"),
+            f"OK dane servername=hostname {TESTING_ATTRIBUTES}",
+            id="dane",
+        ),
+        pytest.param(ZoneConfig(tlsrpt=True), "NOTFOUND ", id="default-notfound"),
+        pytest.param(
+            ZoneConfig(tlsrpt_testing_level="may"), "NOTFOUND ", id="level-without-tlsrpt-zone"
+        ),
+        pytest.param(
+            ZoneConfig(tlsrpt=True, tlsrpt_testing_level="may", strict_testing=True),
+            "OK secure match=mail.loc servername=hostname " + TESTING_ATTRIBUTES,
+            id="strict-testing-wins",
+        ),
+    ],
+)
+def test_testing_policy_reported_at_the_zone_level(zone: ZoneConfig, expected: str) -> None:
+    """A testing policy names the zone's level only to carry the TLSRPT attributes."""
+    assert render_policy("enforce.test", TESTING, zone) == expected.encode()
+
+
+def test_testing_level_none_for_mode_none() -> None:
+    zone = ZoneConfig(tlsrpt=True, tlsrpt_testing_level="may")
+    assert render_policy("enforce.test", NONE, zone) == NOTFOUND
+
+
+BRACES_ONLY = ("ext: {a}", "other: }")
+
+
+def test_no_policy_string_means_no_tlsrpt_attributes() -> None:
+    """policy_type=sts without a policy_string crashes Postfix 3.10.0-3.10.5."""
+    enforce = Policy("enforce", 60, ("mx.example",), BRACES_ONLY)
+    testing = Policy("testing", 60, ("mx.example",), BRACES_ONLY)
+    zone = ZoneConfig(tlsrpt=True, tlsrpt_testing_level="may")
+    assert render_policy("example", enforce, zone) == (
+        b"OK secure match=mx.example servername=hostname"
+    )
+    assert render_policy("example", testing, zone) == NOTFOUND
+
+
+def test_oversized_tlsrpt_reply_keeps_every_pattern_and_the_strings_that_fit() -> None:
     mx = tuple(f"mx{i:05d}.example.test" for i in range(1500))
-    policy = Policy("enforce", 60, mx, tuple(f"mx: {m}" for m in mx))
+    lines = ("version: STSv1", "mode: enforce", *(f"mx: {m}" for m in mx), "max_age: 60")
+    policy = Policy("enforce", 60, mx, lines)
     reply = render_policy("example.test", policy, ZoneConfig(tlsrpt=True))
     assert len(reply) <= REPLY_LIMIT
     assert reply.startswith(b"OK secure match=mx00000.example.test:")
-    assert b"policy_string" not in reply
-    assert b"mx_host_pattern=mx01499.example.test" in reply
+    assert reply.count(b"mx_host_pattern=") == 1500
+    strings = reply.split(b" { policy_string = ")[1:]
+    # In policy order from the first line, as many as fit, the last ones left out.
+    assert strings[:3] == [b"version: STSv1 }", b"mode: enforce }", b"mx: mx00000.example.test }"]
+    assert 3 < len(strings) < len(lines)
+    assert b"max_age: 60" not in reply
+
+
+def test_patterns_too_many_for_the_reply_drop_the_report() -> None:
+    mx = tuple(f"mx{i:05d}.{'a' * 30}.example.test" for i in range(1500))
+    policy = Policy("enforce", 60, mx, ("version: STSv1", "mode: enforce"))
+    reply = render_policy("example.test", policy, ZoneConfig(tlsrpt=True))
+    assert reply.startswith(b"OK secure match=mx00000.")
+    assert reply.endswith(b" servername=hostname")
+    assert b"policy_type" not in reply
+    testing = Policy("testing", 60, mx, ("version: STSv1", "mode: testing"))
+    zone = ZoneConfig(tlsrpt=True, tlsrpt_testing_level="may")
+    assert render_policy("example.test", testing, zone) == NOTFOUND
 
 
 def test_reply_too_large_even_without_report_is_notfound() -> None:

@@ -223,6 +223,63 @@ async def test_tlsrpt_zone(daemon: Running) -> None:
     assert await daemon.ask("nosni good.loc") == OK_NOSNI.encode()
 
 
+GOOD_TLSRPT = (
+    b"OK secure match=mail.loc servername=hostname policy_type=sts "
+    b"policy_domain=good.loc mx_host_pattern=mail.loc "
+    b"{ policy_string = version: STSv1 } { policy_string = mode: enforce } "
+    b"{ policy_string = mx: mail.loc } { policy_string = max_age: 86400 }"
+)
+
+
+async def test_postfix_tlspol_map_names_without_zones(daemon: Running) -> None:
+    """QUERYwithTLSRPT gets TLSRPT attributes, QUERY the default zone (issue 13)."""
+    assert await daemon.ask("QUERYwithTLSRPT good.loc") == GOOD_TLSRPT
+    assert await daemon.ask("QUERY good.loc") == OK.encode()
+    # Names are case-sensitive, as Postfix sends them: anything else is default.
+    assert await daemon.ask("querywithtlsrpt good.loc") == OK.encode()
+    assert await daemon.ask("QUERYwithTLSRPT testing.loc") == NF.encode()
+
+
+async def test_configured_tlspol_zone_wins(world: Any, tmp_path: Path) -> None:
+    running = await start_daemon(
+        world,
+        tmp_path,
+        zones={"QUERYwithTLSRPT": {"tlsrpt": False}, "QUERY": {"tlsrpt": True}},
+    )
+    try:
+        assert await running.ask("QUERYwithTLSRPT good.loc") == OK.encode()
+        assert await running.ask("QUERY good.loc") == GOOD_TLSRPT
+    finally:
+        await running.stop()
+
+
+async def test_testing_policy_at_the_zone_testing_level(world: Any, tmp_path: Path) -> None:
+    running = await start_daemon(
+        world,
+        tmp_path,
+        default_zone={"tlsrpt_testing_level": "may"},
+        zones={"report": {"tlsrpt": True, "tlsrpt_testing_level": "encrypt"}},
+    )
+    try:
+        # The default zone sends no TLSRPT attributes: the level alone is no use.
+        assert await running.ask("postfix testing.loc") == NF.encode()
+        assert await running.ask("QUERYwithTLSRPT testing.loc") == (
+            b"OK may servername=hostname policy_type=sts policy_domain=testing.loc "
+            b"mx_host_pattern=mail.loc { policy_string = version: STSv1 } "
+            b"{ policy_string = mode: testing } { policy_string = max_age: 86400 } "
+            b"{ policy_string = mx: mail.loc }"
+        )
+        reply = await running.ask("report testing.loc")
+        assert reply.startswith(b"OK encrypt servername=hostname policy_type=sts ")
+        # Enforce is unchanged by the testing level; entries shared across zones
+        # keep one rendering per zone setting.
+        assert await running.ask("report good.loc") == GOOD_TLSRPT
+        assert await running.ask("QUERYwithTLSRPT good.loc") == GOOD_TLSRPT
+        assert await running.ask("postfix good.loc") == OK.encode()
+    finally:
+        await running.stop()
+
+
 async def test_mode_none_replaces_enforce_at_once(daemon: Running, world: Any) -> None:
     domain = world.fresh_domain()
     world.add_domain(domain, policy=world.policy_text("none", []))

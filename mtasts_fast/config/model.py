@@ -29,6 +29,7 @@ class ZoneConfig:
     timeout: float = defaults.ZONE_TIMEOUT
     require_sni: bool = defaults.REQUIRE_SNI
     tlsrpt: bool = defaults.TLSRPT
+    tlsrpt_testing_level: str = defaults.TLSRPT_TESTING_LEVEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,5 +132,11 @@ class Config:
         return cls.from_mapping(None, "<defaults>")
 
     def zone_for(self, map_name: str) -> ZoneConfig:
-        """The zone for a socketmap name; unknown names get ``default_zone``."""
-        return self.zones.get(map_name, self.default_zone)
+        """The zone for a socketmap name; unknown names get ``default_zone``.
+
+        postfix-tlspol's ``QUERYwithTLSRPT`` and ``QUERY`` have zones even
+        when the file configures none (:func:`.zones.socketmap_zones`).
+        """
+        from .zones import socketmap_zones
+
+        return socketmap_zones(self.default_zone, self.zones).get(map_name, self.default_zone)

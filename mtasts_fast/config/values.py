@@ -115,6 +115,17 @@ def word(value: object, path: str) -> str:
     return text
 
 
+def one_of(choices: tuple[str, ...]) -> Parse[str]:
+    """One of a few fixed strings, compared exactly."""
+
+    def parse(value: object, path: str) -> str:
+        if not isinstance(value, str) or value not in choices:
+            fail(path, f"expected one of {', '.join(choices)}, got {describe(value)}")
+        return value
+
+    return parse
+
+
 def port_number(value: object, path: str) -> int:
     # The old daemon handed the value to getaddrinfo(), so a quoted "8461"
     # worked there; keep accepting it.

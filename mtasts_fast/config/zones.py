@@ -2,19 +2,33 @@
 
 A new zone key goes in :data:`ZONE_KEYS` and :func:`zone_config` here, and
 as a field of :class:`~mtasts_fast.config.model.ZoneConfig`.
+
+:func:`socketmap_zones` adds postfix-tlspol's two map names to the configured
+zones, so that its ``main.cf`` lines work unchanged: ``QUERYwithTLSRPT`` is the
+default zone with ``tlsrpt: true``, ``QUERY`` the default zone. A zone the file
+configures under either name wins.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 
 from .. import defaults
 from .model import ZoneConfig
 from .sections import Section, join_path
-from .values import boolean, describe, fail, positive
+from .values import boolean, describe, fail, one_of, positive
 
-ZONE_KEYS = ("strict_testing", "timeout", "require_sni", "tlsrpt")
+ZONE_KEYS = ("strict_testing", "timeout", "require_sni", "tlsrpt", "tlsrpt_testing_level")
+
+#: ``tlsrpt_testing_level``: NOTFOUND, or the Postfix level a testing policy is
+#: reported at (README "Postfix 3.10 and TLSRPT" explains each).
+TESTING_LEVELS = ("notfound", "may", "encrypt", "dane")
+
+#: postfix-tlspol's socketmap names (its README's ``main.cf`` lines).
+TLSPOL_QUERY = "QUERY"
+TLSPOL_QUERY_WITH_TLSRPT = "QUERYwithTLSRPT"
 
 
 def zone_config(value: object, path: str) -> ZoneConfig:
@@ -26,6 +40,9 @@ def zone_config(value: object, path: str) -> ZoneConfig:
         timeout=section.get("timeout", positive, defaults.ZONE_TIMEOUT),
         require_sni=section.get("require_sni", boolean, defaults.REQUIRE_SNI),
         tlsrpt=section.get("tlsrpt", boolean, defaults.TLSRPT),
+        tlsrpt_testing_level=section.get(
+            "tlsrpt_testing_level", one_of(TESTING_LEVELS), defaults.TLSRPT_TESTING_LEVEL
+        ),
     )
 
 
@@ -46,3 +63,19 @@ def zone_configs(value: object, path: str) -> Mapping[str, ZoneConfig]:
             fail(where, "a zone name must not contain spaces")
         zones[name] = zone_config(zone, where)
     return MappingProxyType(zones)
+
+
+def socketmap_zones(
+    default_zone: ZoneConfig, zones: Mapping[str, ZoneConfig]
+) -> dict[str, ZoneConfig]:
+    """The zone of every socketmap name with settings of its own (others: default zone).
+
+    The configured ``zones``, plus postfix-tlspol's ``QUERYwithTLSRPT`` (the
+    default zone with TLSRPT attributes: only a Postfix that asks for them by
+    that name gets them) and ``QUERY`` (the default zone), unless configured.
+    """
+    builtin = {
+        TLSPOL_QUERY: default_zone,
+        TLSPOL_QUERY_WITH_TLSRPT: dataclasses.replace(default_zone, tlsrpt=True),
+    }
+    return {**builtin, **zones}

@@ -7,6 +7,11 @@ the test's own, so the host's Postfix set-up is neither needed nor touched.
 
 A missing program skips the test, unless ``MTASTS_REQUIRE_ALL=1`` (CI), which
 turns the skip into a failure so a broken install can never pass silently.
+
+:class:`PostfixInstance` also runs the Postfix of another Debian release
+chrooted into its root (``chroot=``, e.g. Postfix 3.10 from the Debian 13 root
+of tests/roots.py): its paths are then the paths Postfix sees inside the
+chroot, and every program is the chroot's own.
 """
 
 from __future__ import annotations
@@ -112,14 +117,22 @@ postlog    unix-dgram n       -      n      -      1       postlogd
 """
 
 
+# The environment of a chrooted Postfix program: nothing of ours leaks in.
+_CHROOT_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C")
+
+
 class PostfixInstance:
     """A private Postfix (own config, queue, data directory and log file).
 
     ``settings`` are main.cf parameters added to (or replacing) the base ones.
     ``netns``: start the master inside that network namespace with
     ``ip netns exec``, which also bind-mounts ``/etc/netns/<name>/resolv.conf``
-    over ``/etc/resolv.conf`` for it and every process it spawns.
+    over ``/etc/resolv.conf`` for it and every process it spawns (a chroot
+    reads its own ``/etc/resolv.conf``: the caller writes it).
     ``services``: master.cf lines appended to :data:`MASTER_CF`.
+    ``chroot``: a root directory (an overlay of tests/roots.py, with /proc and
+    /dev) whose Postfix to run; ``root`` is then the instance directory as seen
+    inside it, and :meth:`host_path` turns such a path into the host's.
     """
 
     def __init__(
@@ -129,7 +142,9 @@ class PostfixInstance:
         *,
         netns: str | None = None,
         services: str = "",
+        chroot: Path | None = None,
     ) -> None:
+        self.chroot = chroot
         self.root = root
         self.config_dir = root / "conf"
         self.queue_dir = root / "queue"
@@ -137,9 +152,9 @@ class PostfixInstance:
         self.maillog = root / "maillog"
         self.netns = netns
         self.services = services
-        self._postfix = postfix_program("postfix")
-        self._sendmail = postfix_program("sendmail")
-        self._postqueue = postfix_program("postqueue")
+        self._postfix = self._program("postfix")
+        self._sendmail = self._program("sendmail")
+        self._postqueue = self._program("postqueue")
         self.main_cf: dict[str, str] = {
             "queue_directory": str(self.queue_dir),
             "data_directory": str(self.data_dir),
@@ -156,23 +171,56 @@ class PostfixInstance:
             **settings,
         }
 
+    def host_path(self, path: Path) -> Path:
+        """Where a path as Postfix sees it is on the host (the same without a chroot)."""
+        if self.chroot is None:
+            return path
+        return self.chroot / path.relative_to("/")
+
+    def _program(self, name: str) -> str:
+        if self.chroot is None:
+            return postfix_program(name)
+        for directory in _SBIN:
+            if os.access(self.chroot / directory.lstrip("/") / name, os.X_OK):
+                return f"{directory}/{name}"
+        unavailable(f"Postfix's {name} is missing in {self.chroot}")
+
+    def _mail_owner_ids(self) -> tuple[int, int]:
+        """uid and gid of the mail_owner where Postfix runs (the chroot's passwd)."""
+        passwd = self.host_path(Path("/etc/passwd"))
+        owner = self.main_cf["mail_owner"]
+        for line in passwd.read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) > 3 and fields[0] == owner:
+                return int(fields[2]), int(fields[3])
+        raise LookupError(f"no user {owner} in {passwd}")
+
     def write_config(self) -> None:
         # Postfix programs run as the mail_owner must be able to reach the
         # directories, whatever the umask and the parent's mode.
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o755)
+        root = self.host_path(self.root)
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o755)
         for directory in (self.config_dir, self.queue_dir, self.data_dir):
-            directory.mkdir(exist_ok=True)
+            self.host_path(directory).mkdir(exist_ok=True)
         # master creates its lock file there as the mail_owner.
-        shutil.chown(self.data_dir, user=self.main_cf["mail_owner"])
-        lines = [_COMPATIBILITY.rstrip("\n")]
+        os.chown(self.host_path(self.data_dir), *self._mail_owner_ids())
+        # compatibility_level from the settings replaces the default one.
+        lines = [] if "compatibility_level" in self.main_cf else [_COMPATIBILITY.rstrip("\n")]
         lines.extend(f"{name} = {value}" for name, value in self.main_cf.items())
-        _write_settled(self.config_dir / "main.cf", "\n".join(lines) + "\n")
-        _write_settled(self.config_dir / "master.cf", MASTER_CF + self.services)
-        self.maillog.touch()
+        _write_settled(self.host_path(self.config_dir / "main.cf"), "\n".join(lines) + "\n")
+        _write_settled(self.host_path(self.config_dir / "master.cf"), MASTER_CF + self.services)
+        self.host_path(self.maillog).touch()
+
+    def _local(self) -> list[str]:
+        """The prefix of a command run where Postfix is (in the chroot, if any)."""
+        if self.chroot is None:
+            return []
+        return ["chroot", str(self.chroot), "/usr/bin/env", "-i", *_CHROOT_ENV]
 
     def _prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.netns] if self.netns else []
+        netns = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return [*netns, *self._local()]
 
     def _run(self, args: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -191,7 +239,7 @@ class PostfixInstance:
 
     def master_pid(self) -> int | None:
         try:
-            text = (self.queue_dir / "pid" / "master.pid").read_text().strip()
+            text = self.host_path(self.queue_dir / "pid" / "master.pid").read_text().strip()
         except FileNotFoundError:
             return None
         return int(text) if text.isdigit() else None
@@ -202,7 +250,7 @@ class PostfixInstance:
         if pid is None:
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self._run([self._postfix, "-c", str(self.config_dir), "stop"])
+            self._run([*self._local(), self._postfix, "-c", str(self.config_dir), "stop"])
         deadline = time.monotonic() + 10
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -213,8 +261,10 @@ class PostfixInstance:
 
     def version(self) -> tuple[int, ...]:
         """Postfix's mail_version as numbers, e.g. (3, 7, 11)."""
-        postconf = postfix_program("postconf")
-        result = self._run([postconf, "-c", str(self.config_dir), "-h", "mail_version"])
+        postconf = self._program("postconf")
+        result = self._run(
+            [*self._local(), postconf, "-c", str(self.config_dir), "-h", "mail_version"]
+        )
         return tuple(int(part) for part in re.findall(r"\d+", result.stdout)[:3])
 
     # --- mail ---
@@ -227,7 +277,16 @@ class PostfixInstance:
             f"Message-ID: {message_id}\n\nSent by the mtasts-fast delivery test.\n"
         )
         result = subprocess.run(
-            [self._sendmail, "-C", str(self.config_dir), "-f", sender, "--", recipient],
+            [
+                *self._local(),
+                self._sendmail,
+                "-C",
+                str(self.config_dir),
+                "-f",
+                sender,
+                "--",
+                recipient,
+            ],
             input=text,
             capture_output=True,
             text=True,
@@ -240,7 +299,7 @@ class PostfixInstance:
 
     def queue(self) -> list[dict[str, Any]]:
         """``postqueue -j``: one JSON object per queued message."""
-        result = self._run([self._postqueue, "-c", str(self.config_dir), "-j"])
+        result = self._run([*self._local(), self._postqueue, "-c", str(self.config_dir), "-j"])
         if result.returncode != 0:
             raise RuntimeError(f"postqueue -j failed ({result.returncode}): {result.stderr}")
         return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
@@ -270,7 +329,7 @@ class PostfixInstance:
 
     def flush(self) -> None:
         """``postqueue -f``: attempt delivery of everything queued now."""
-        result = self._run([self._postqueue, "-c", str(self.config_dir), "-f"])
+        result = self._run([*self._local(), self._postqueue, "-c", str(self.config_dir), "-f"])
         if result.returncode != 0:
             raise RuntimeError(f"postqueue -f failed ({result.returncode}): {result.stderr}")
 
@@ -278,20 +337,20 @@ class PostfixInstance:
 
     def log(self) -> str:
         try:
-            return self.maillog.read_text(errors="replace")
+            return self.host_path(self.maillog).read_text(errors="replace")
         except FileNotFoundError:
             return ""
 
     def log_size(self) -> int:
         """A position in the log; pass it as ``since`` to look only at what follows."""
         try:
-            return self.maillog.stat().st_size
+            return self.host_path(self.maillog).stat().st_size
         except FileNotFoundError:
             return 0
 
     def log_since(self, since: int) -> str:
         try:
-            with self.maillog.open("rb") as f:
+            with self.host_path(self.maillog).open("rb") as f:
                 f.seek(since)
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
