@@ -468,10 +468,13 @@ class DaneContract:
     async def test_older_dane_write_does_not_replace_newer(self, cache: Cache) -> None:
         # Two workers (or hosts) evaluated the domain; the one that finished
         # first writes last: what it saw is older and must not win.
+        # Evaluations are ordered by when they ended, not by when they expire:
+        # a TEMP state expires soon, yet it is newer than a day-long one.
         now = time.time()
-        newer = make_dane("example.com", decision=NO_DANE, evaluated_at=now, hosts=())
+        newer = make_dane("example.com", decision=TEMP, evaluated_at=now, ttl=30, hosts=())
         await cache.put_dane(newer)
-        await cache.put_dane(make_dane("example.com", decision=DANE_ONLY, evaluated_at=now - 5))
+        older = make_dane("example.com", decision=DANE_ONLY, evaluated_at=now - 5, ttl=86400)
+        await cache.put_dane(older)
         got = await cache.get_dane("example.com")
         assert got is not None
         assert got.same_as(newer)
