@@ -97,20 +97,15 @@ EVERY_HOST_STATUS = (
 class CachePeer(Protocol):
     """The part of a cache that another process uses to coordinate with us."""
 
+    async def get_dane(self, domain: str) -> DaneState | None: ...
+    async def put_dane(self, state: DaneState) -> None: ...
+    async def delete_dane(self, domain: str) -> bool: ...
     async def get_failure(self, domain: str) -> FetchFailure | None: ...
     async def put_failure(self, failure: FetchFailure) -> None: ...
     async def delete_failure(self, domain: str) -> bool: ...
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool: ...
     async def release_lease(self, name: str, owner: str) -> None: ...
     async def close(self) -> None: ...
-
-
-class DanePeer(CachePeer, Protocol):
-    """A peer that shares DANE states too."""
-
-    async def get_dane(self, domain: str) -> DaneState | None: ...
-    async def put_dane(self, state: DaneState) -> None: ...
-    async def delete_dane(self, domain: str) -> bool: ...
 
 
 class CacheContract:
@@ -296,126 +291,7 @@ class CacheContract:
         # `mta-sts-cache purge --all` keeps it.
         assert not await cache.acquire_lease("refresh", "worker-2", 60)
 
-    # -- leases ------------------------------------------------------------------
-
-    async def test_lease_has_one_holder(self, cache: Cache) -> None:
-        assert await cache.acquire_lease("refresh", "a", 60)
-        assert not await cache.acquire_lease("refresh", "b", 60)
-        assert await cache.acquire_lease("refresh", "a", 60)  # renewed
-        assert not await cache.acquire_lease("refresh", "b", 60)
-        await cache.release_lease("refresh", "b")  # not b's: nothing happens
-        assert not await cache.acquire_lease("refresh", "b", 60)
-        assert await cache.acquire_lease("other", "b", 60)  # names are separate
-        await cache.release_lease("refresh", "a")
-        assert await cache.acquire_lease("refresh", "b", 60)
-        assert not await cache.acquire_lease("refresh", "a", 60)
-        await cache.release_lease("refresh", "a")  # no longer a's: nothing happens
-        assert not await cache.acquire_lease("refresh", "a", 60)
-        assert not await cache.acquire_lease("other", "a", 60)
-
-    async def test_releasing_a_free_lease_does_nothing(self, cache: Cache) -> None:
-        await cache.release_lease("refresh", "a")
-        assert await cache.acquire_lease("refresh", "b", 60)
-
-    async def test_lease_lapses_after_its_ttl(self, cache: Cache) -> None:
-        ttl = 0.2
-        started = time.monotonic()
-        assert await cache.acquire_lease("refresh", "a", ttl)
-        refused = not await cache.acquire_lease("refresh", "b", 60)
-        if time.monotonic() - started < ttl:  # else the machine was too slow to tell
-            assert refused
-        await asyncio.sleep(ttl + 0.2)
-        assert await cache.acquire_lease("refresh", "b", 60)
-        assert not await cache.acquire_lease("refresh", "a", ttl)
-
-    async def test_renewal_moves_the_expiry(self, cache: Cache) -> None:
-        assert await cache.acquire_lease("refresh", "a", 0.3)
-        assert await cache.acquire_lease("refresh", "a", 60)
-        await asyncio.sleep(0.5)  # past the first expiry, long before the second
-        assert not await cache.acquire_lease("refresh", "b", 60)
-
-
-class PersistentCacheContract(CacheContract):
-    """For backends whose entries outlive the process."""
-
-    async def reopen(self, cache: Cache) -> Cache:
-        """Close ``cache`` and return a new, set-up instance on the same storage."""
-        raise NotImplementedError
-
-    async def test_survives_reopen(self, cache: Cache) -> None:
-        entry = make_entry("example.com", fetched_at=1_700_000_000.0)
-        await cache.put(entry)
-        await cache.set_proactive_ts(42.0)
-        reopened = await self.reopen(cache)
-        try:
-            got = await reopened.get("example.com")
-            assert got is not None
-            assert got.same_as(entry)
-            assert await reopened.get_proactive_ts() == 42.0
-        finally:
-            await reopened.close()
-
-    async def open_peer(self, cache: Cache) -> CachePeer:
-        """What another process sharing ``cache``'s storage sees (closed by the caller)."""
-        raise NotImplementedError
-
-    async def test_failures_survive_reopen(self, cache: Cache) -> None:
-        failure = make_failure("example.com", failed_at=time.time() - 0.5, attempts=2)
-        await cache.put_failure(failure)
-        reopened = await self.reopen(cache)
-        try:
-            assert await reopened.get_failure("example.com") == failure
-        finally:
-            await reopened.close()
-
-    async def test_peer_shares_failures(self, cache: Cache) -> None:
-        peer = await self.open_peer(cache)
-        try:
-            mine = make_failure("mine.example", attempts=4)
-            await cache.put_failure(mine)
-            assert await peer.get_failure("mine.example") == mine
-            theirs = make_failure("theirs.example", result_type=NO_POLICY, stage="", reason="")
-            await peer.put_failure(theirs)
-            assert await cache.get_failure("theirs.example") == theirs
-            assert await cache.delete_failure("theirs.example") is True
-            assert await peer.get_failure("theirs.example") is None
-            assert await peer.delete_failure("theirs.example") is False
-        finally:
-            await peer.close()
-
-    async def test_peer_respects_the_lease(self, cache: Cache) -> None:
-        peer = await self.open_peer(cache)
-        try:
-            assert await cache.acquire_lease("refresh", "one", 60)
-            assert not await peer.acquire_lease("refresh", "two", 60)
-            await peer.release_lease("refresh", "two")  # not two's: nothing happens
-            assert await cache.acquire_lease("refresh", "one", 60)
-            await cache.release_lease("refresh", "one")
-            assert await peer.acquire_lease("refresh", "two", 0.3)
-            assert not await cache.acquire_lease("refresh", "one", 60)
-            await asyncio.sleep(0.5)  # the peer's lease lapses (say, it was killed)
-            assert await cache.acquire_lease("refresh", "one", 60)
-            assert not await peer.acquire_lease("refresh", "two", 60)
-        finally:
-            await peer.close()
-
-    async def test_concurrent_acquires_have_one_winner(self, cache: Cache) -> None:
-        peer = await self.open_peer(cache)
-        try:
-            rounds = 10
-            results = await asyncio.gather(
-                *(cache.acquire_lease("race", "one", 60) for _ in range(rounds)),
-                *(peer.acquire_lease("race", "two", 60) for _ in range(rounds)),
-            )
-            ones, twos = results[:rounds], results[rounds:]
-            # Whoever got there first holds it; every call of the other fails.
-            assert (all(ones) and not any(twos)) or (all(twos) and not any(ones)), results
-        finally:
-            await peer.close()
-
-
-class DaneContract:
-    """DANE states (DESIGN.md §7): stored beside the entries, apart from them."""
+    # -- DANE states (DESIGN.md §7): beside the entries, apart from them --------
 
     async def test_missing_dane_is_none(self, cache: Cache) -> None:
         assert await cache.get_dane("nonesuch.example") is None
@@ -550,15 +426,122 @@ class DaneContract:
         assert await cache.delete_dane("example.com")
         assert cache.get_dane_nowait("example.com") is None
 
+    # -- leases ------------------------------------------------------------------
 
-class PersistentDaneContract(DaneContract):
-    """DANE states of backends whose data outlive the process and are shared."""
+    async def test_lease_has_one_holder(self, cache: Cache) -> None:
+        assert await cache.acquire_lease("refresh", "a", 60)
+        assert not await cache.acquire_lease("refresh", "b", 60)
+        assert await cache.acquire_lease("refresh", "a", 60)  # renewed
+        assert not await cache.acquire_lease("refresh", "b", 60)
+        await cache.release_lease("refresh", "b")  # not b's: nothing happens
+        assert not await cache.acquire_lease("refresh", "b", 60)
+        assert await cache.acquire_lease("other", "b", 60)  # names are separate
+        await cache.release_lease("refresh", "a")
+        assert await cache.acquire_lease("refresh", "b", 60)
+        assert not await cache.acquire_lease("refresh", "a", 60)
+        await cache.release_lease("refresh", "a")  # no longer a's: nothing happens
+        assert not await cache.acquire_lease("refresh", "a", 60)
+        assert not await cache.acquire_lease("other", "a", 60)
+
+    async def test_releasing_a_free_lease_does_nothing(self, cache: Cache) -> None:
+        await cache.release_lease("refresh", "a")
+        assert await cache.acquire_lease("refresh", "b", 60)
+
+    async def test_lease_lapses_after_its_ttl(self, cache: Cache) -> None:
+        ttl = 0.2
+        started = time.monotonic()
+        assert await cache.acquire_lease("refresh", "a", ttl)
+        refused = not await cache.acquire_lease("refresh", "b", 60)
+        if time.monotonic() - started < ttl:  # else the machine was too slow to tell
+            assert refused
+        await asyncio.sleep(ttl + 0.2)
+        assert await cache.acquire_lease("refresh", "b", 60)
+        assert not await cache.acquire_lease("refresh", "a", ttl)
+
+    async def test_renewal_moves_the_expiry(self, cache: Cache) -> None:
+        assert await cache.acquire_lease("refresh", "a", 0.3)
+        assert await cache.acquire_lease("refresh", "a", 60)
+        await asyncio.sleep(0.5)  # past the first expiry, long before the second
+        assert not await cache.acquire_lease("refresh", "b", 60)
+
+
+class PersistentCacheContract(CacheContract):
+    """For backends whose entries outlive the process."""
 
     async def reopen(self, cache: Cache) -> Cache:
+        """Close ``cache`` and return a new, set-up instance on the same storage."""
         raise NotImplementedError
 
-    async def open_peer(self, cache: Cache) -> DanePeer:
+    async def test_survives_reopen(self, cache: Cache) -> None:
+        entry = make_entry("example.com", fetched_at=1_700_000_000.0)
+        await cache.put(entry)
+        await cache.set_proactive_ts(42.0)
+        reopened = await self.reopen(cache)
+        try:
+            got = await reopened.get("example.com")
+            assert got is not None
+            assert got.same_as(entry)
+            assert await reopened.get_proactive_ts() == 42.0
+        finally:
+            await reopened.close()
+
+    async def open_peer(self, cache: Cache) -> CachePeer:
+        """What another process sharing ``cache``'s storage sees (closed by the caller)."""
         raise NotImplementedError
+
+    async def test_failures_survive_reopen(self, cache: Cache) -> None:
+        failure = make_failure("example.com", failed_at=time.time() - 0.5, attempts=2)
+        await cache.put_failure(failure)
+        reopened = await self.reopen(cache)
+        try:
+            assert await reopened.get_failure("example.com") == failure
+        finally:
+            await reopened.close()
+
+    async def test_peer_shares_failures(self, cache: Cache) -> None:
+        peer = await self.open_peer(cache)
+        try:
+            mine = make_failure("mine.example", attempts=4)
+            await cache.put_failure(mine)
+            assert await peer.get_failure("mine.example") == mine
+            theirs = make_failure("theirs.example", result_type=NO_POLICY, stage="", reason="")
+            await peer.put_failure(theirs)
+            assert await cache.get_failure("theirs.example") == theirs
+            assert await cache.delete_failure("theirs.example") is True
+            assert await peer.get_failure("theirs.example") is None
+            assert await peer.delete_failure("theirs.example") is False
+        finally:
+            await peer.close()
+
+    async def test_peer_respects_the_lease(self, cache: Cache) -> None:
+        peer = await self.open_peer(cache)
+        try:
+            assert await cache.acquire_lease("refresh", "one", 60)
+            assert not await peer.acquire_lease("refresh", "two", 60)
+            await peer.release_lease("refresh", "two")  # not two's: nothing happens
+            assert await cache.acquire_lease("refresh", "one", 60)
+            await cache.release_lease("refresh", "one")
+            assert await peer.acquire_lease("refresh", "two", 0.3)
+            assert not await cache.acquire_lease("refresh", "one", 60)
+            await asyncio.sleep(0.5)  # the peer's lease lapses (say, it was killed)
+            assert await cache.acquire_lease("refresh", "one", 60)
+            assert not await peer.acquire_lease("refresh", "two", 60)
+        finally:
+            await peer.close()
+
+    async def test_concurrent_acquires_have_one_winner(self, cache: Cache) -> None:
+        peer = await self.open_peer(cache)
+        try:
+            rounds = 10
+            results = await asyncio.gather(
+                *(cache.acquire_lease("race", "one", 60) for _ in range(rounds)),
+                *(peer.acquire_lease("race", "two", 60) for _ in range(rounds)),
+            )
+            ones, twos = results[:rounds], results[rounds:]
+            # Whoever got there first holds it; every call of the other fails.
+            assert (all(ones) and not any(twos)) or (all(twos) and not any(ones)), results
+        finally:
+            await peer.close()
 
     async def test_dane_survives_reopen(self, cache: Cache) -> None:
         state = make_dane("example.com", hosts=EVERY_HOST_STATUS)

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mtasts_fast.cache.internal import InternalCache
-from tests.cache_contract import CacheContract, DaneContract, collect, make_dane, make_entry
+from tests.cache_contract import CacheContract, collect, make_dane, make_entry
 
 
-class TestInternalCache(CacheContract, DaneContract):
+class TestInternalCache(CacheContract):
     @pytest.fixture
     async def cache(self) -> AsyncIterator[InternalCache]:
         cache = InternalCache(10_000)

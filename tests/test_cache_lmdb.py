@@ -38,9 +38,8 @@ from mtasts_fast.cache.lmdb import dane as dane_module
 from mtasts_fast.dane.state import DaneHost, DaneState
 from mtasts_fast.policy import Policy
 from tests.cache_contract import (
-    DanePeer,
+    CachePeer,
     PersistentCacheContract,
-    PersistentDaneContract,
     collect,
     make_dane,
     make_entry,
@@ -392,7 +391,7 @@ def cache_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.mark.both_loops
-class TestLmdbCache(PersistentCacheContract, PersistentDaneContract):
+class TestLmdbCache(PersistentCacheContract):
     @pytest.fixture
     async def cache(self, cache_path: str) -> AsyncIterator[LmdbCache]:
         cache = await open_cache(cache_path)
@@ -404,7 +403,7 @@ class TestLmdbCache(PersistentCacheContract, PersistentDaneContract):
         await cache.close()
         return await open_cache(cache.path)
 
-    async def open_peer(self, cache: Cache) -> DanePeer:
+    async def open_peer(self, cache: Cache) -> CachePeer:
         assert isinstance(cache, LmdbCache)
         return await LmdbPeer.start(cache.path)
 

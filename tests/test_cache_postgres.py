@@ -27,9 +27,8 @@ from mtasts_fast.cache.postgres import RETRY_INTERVAL, PostgresCache
 from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
 from tests.cache_contract import (
-    DanePeer,
+    CachePeer,
     PersistentCacheContract,
-    PersistentDaneContract,
     collect,
     make_dane,
     make_entry,
@@ -137,7 +136,7 @@ async def eventually(call: Any, within: float) -> Any:
 
 
 @pytest.mark.both_loops
-class TestPostgresCache(PersistentCacheContract, PersistentDaneContract):
+class TestPostgresCache(PersistentCacheContract):
     @pytest.fixture
     async def cache(
         self, postgres_server: PostgresServer, database: str
@@ -154,7 +153,7 @@ class TestPostgresCache(PersistentCacheContract, PersistentDaneContract):
         await again.setup()
         return again
 
-    async def open_peer(self, cache: Cache) -> DanePeer:
+    async def open_peer(self, cache: Cache) -> CachePeer:
         # Its own pool of connections: what another host has.
         peer = PostgresCache(self.options)
         await peer.setup()

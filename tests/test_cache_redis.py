@@ -19,9 +19,8 @@ import pytest
 from mtasts_fast.cache.base import FAILURE_RETENTION, Cache, CacheUnavailable
 from mtasts_fast.cache.codec import encode_dane, encode_failure
 from tests.cache_contract import (
-    DanePeer,
+    CachePeer,
     PersistentCacheContract,
-    PersistentDaneContract,
     collect,
     make_dane,
     make_entry,
@@ -146,7 +145,7 @@ async def _open(cache: Cache) -> Cache:
 # The contract
 
 
-class TestRedisCache(PersistentCacheContract, PersistentDaneContract):
+class TestRedisCache(PersistentCacheContract):
     @pytest.fixture
     async def cache(self, redis_server: RedisServer) -> AsyncIterator[Cache]:
         redis_server.command("FLUSHALL")
@@ -160,11 +159,11 @@ class TestRedisCache(PersistentCacheContract, PersistentDaneContract):
         await cache.close()
         return await _open(RedisCache(self.options))
 
-    async def open_peer(self, cache: Cache) -> DanePeer:
+    async def open_peer(self, cache: Cache) -> CachePeer:
         return await _open(RedisCache(self.options))  # another relay's client
 
 
-class TestRedisSentinelCache(PersistentCacheContract, PersistentDaneContract):
+class TestRedisSentinelCache(PersistentCacheContract):
     @pytest.fixture
     async def cache(
         self, sentinel_group: tuple[RedisServer, RedisSentinel]
@@ -181,7 +180,7 @@ class TestRedisSentinelCache(PersistentCacheContract, PersistentDaneContract):
         await cache.close()
         return await _open(RedisSentinelCache(self.options))
 
-    async def open_peer(self, cache: Cache) -> DanePeer:
+    async def open_peer(self, cache: Cache) -> CachePeer:
         return await _open(RedisSentinelCache(self.options))
 
 

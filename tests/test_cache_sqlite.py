@@ -23,9 +23,8 @@ from mtasts_fast.cache.codec import encode_dane, encode_entry, encode_failure
 from mtasts_fast.cache.sqlite import FILE_MODE, SqliteCache
 from mtasts_fast.config import Config
 from tests.cache_contract import (
-    DanePeer,
+    CachePeer,
     PersistentCacheContract,
-    PersistentDaneContract,
     collect,
     make_dane,
     make_entry,
@@ -58,7 +57,7 @@ async def open_cache(path: Path, **overrides: Any) -> SqliteCache:
 
 
 @pytest.mark.both_loops
-class TestSqliteCache(PersistentCacheContract, PersistentDaneContract):
+class TestSqliteCache(PersistentCacheContract):
     @pytest.fixture
     async def cache(self, tmp_path: Path) -> AsyncIterator[SqliteCache]:
         self.path = tmp_path / "cache.db"
@@ -70,7 +69,7 @@ class TestSqliteCache(PersistentCacheContract, PersistentDaneContract):
         await cache.close()
         return await open_cache(self.path)
 
-    async def open_peer(self, cache: Cache) -> DanePeer:
+    async def open_peer(self, cache: Cache) -> CachePeer:
         # Its own connections and threads: what another worker has.
         return await open_cache(self.path)
 

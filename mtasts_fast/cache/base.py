@@ -90,11 +90,6 @@ NO_POLICY = "no-policy"
 FAILURE_RETENTION = 86400.0
 
 
-# Until every backend stores DANE states (issue 12, in progress): then the
-# three DANE methods become abstract.
-_NOT_YET = "this backend does not store DANE states yet"
-
-
 class Cache(abc.ABC):
     """Async store of CacheEntry by normalised domain (an A-label string).
 
@@ -199,10 +194,11 @@ class Cache(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no synchronous reads")
 
+    @abc.abstractmethod
     async def get_dane(self, domain: str) -> DaneState | None:
         """The DANE state of ``domain``, or None (also when unreadable)."""
-        raise NotImplementedError(_NOT_YET)
 
+    @abc.abstractmethod
     async def put_dane(self, state: DaneState) -> None:
         """Store ``state`` under ``state.domain``, replacing the previous one.
 
@@ -211,11 +207,10 @@ class Cache(abc.ABC):
         until ``prune`` passes its ``expires_at`` (Redis: a key TTL of
         ``expires_at`` plus a day, the same retention).
         """
-        raise NotImplementedError(_NOT_YET)
 
+    @abc.abstractmethod
     async def delete_dane(self, domain: str) -> bool:
         """Forget ``domain``'s DANE state; True if there was one."""
-        raise NotImplementedError(_NOT_YET)
 
     # -- leases: one process at a time, across workers and hosts ------------------
 
