@@ -16,6 +16,7 @@ from .sections import Section
 from .values import (
     boolean,
     describe,
+    dns_name,
     fail,
     file_mode,
     integer,
@@ -57,6 +58,8 @@ TOP_KEYS = (
     "zones",
     "nameservers",
     "ca_file",
+    "dnssec_probe_name",
+    "dnssec_probe_interval",
 )
 
 
@@ -134,4 +137,8 @@ def build_config(data: object, filename: str) -> Config:
         zones=zone_configs(top.items.get("zones"), "zones"),
         nameservers=_nameservers(top.items.get("nameservers"), "nameservers"),
         ca_file=top.optional("ca_file", string),
+        dnssec_probe_name=top.get("dnssec_probe_name", dns_name, defaults.DNSSEC_PROBE_NAME),
+        dnssec_probe_interval=top.get(
+            "dnssec_probe_interval", positive, defaults.DNSSEC_PROBE_INTERVAL
+        ),
     )

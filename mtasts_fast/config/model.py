@@ -19,6 +19,8 @@ from .yaml_loader import load_yaml
 
 #: Every valid ``cache.type``, in the order error messages list them.
 CACHE_TYPES = ("internal", "lmdb", "sqlite", "redis", "redis_sentinel", "postgres")
+#: Every valid zone ``dane`` setting (DESIGN.md §7), the default first.
+DANE_MODES = ("precedence", "all", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,8 @@ class ZoneConfig:
     timeout: float = defaults.ZONE_TIMEOUT
     require_sni: bool = defaults.REQUIRE_SNI
     tlsrpt: bool = defaults.TLSRPT
+    #: One of :data:`DANE_MODES`.
+    dane: str = defaults.DANE
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,8 @@ class Config:
     zones: Mapping[str, ZoneConfig]
     nameservers: tuple[str, ...]
     ca_file: str | None
+    dnssec_probe_name: str = defaults.DNSSEC_PROBE_NAME
+    dnssec_probe_interval: float = defaults.DNSSEC_PROBE_INTERVAL
 
     @classmethod
     def from_yaml(cls, filename: str | os.PathLike[str]) -> Config:
@@ -132,3 +138,8 @@ class Config:
     def zone_for(self, map_name: str) -> ZoneConfig:
         """The zone for a socketmap name; unknown names get ``default_zone``."""
         return self.zones.get(map_name, self.default_zone)
+
+    @property
+    def uses_dane(self) -> bool:
+        """True when some zone (the default one included) evaluates DANE."""
+        return any(z.dane != "off" for z in (self.default_zone, *self.zones.values()))

@@ -10,11 +10,24 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from .. import defaults
-from .model import ZoneConfig
+from .model import DANE_MODES, ZoneConfig
 from .sections import Section, join_path
-from .values import boolean, describe, fail, positive
+from .values import boolean, describe, fail, positive, string
 
-ZONE_KEYS = ("strict_testing", "timeout", "require_sni", "tlsrpt")
+
+def dane_mode(value: object, path: str) -> str:
+    if value is False:
+        # YAML 1.1 reads an unquoted `off` as false.
+        return "off"
+    if isinstance(value, bool):
+        fail(path, f"expected one of {', '.join(DANE_MODES)}, got {describe(value)}")
+    text = string(value, path)
+    if text not in DANE_MODES:
+        fail(path, f"expected one of {', '.join(DANE_MODES)}, got {describe(text)}")
+    return text
+
+
+ZONE_KEYS = ("strict_testing", "timeout", "require_sni", "tlsrpt", "dane")
 
 
 def zone_config(value: object, path: str) -> ZoneConfig:
@@ -26,6 +39,7 @@ def zone_config(value: object, path: str) -> ZoneConfig:
         timeout=section.get("timeout", positive, defaults.ZONE_TIMEOUT),
         require_sni=section.get("require_sni", boolean, defaults.REQUIRE_SNI),
         tlsrpt=section.get("tlsrpt", boolean, defaults.TLSRPT),
+        dane=section.get("dane", dane_mode, defaults.DANE),
     )
 
 

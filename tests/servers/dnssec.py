@@ -82,11 +82,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "DEFAULT_ANCHOR",
+    "STS_ID",
     "DaneCase",
     "DaneCatalogue",
     "DnssecTree",
     "DnssecUnavailable",
-    "STS_ID",
     "Signing",
     "TreeZone",
     "add_dane_catalogue",
