@@ -18,7 +18,7 @@ from __future__ import annotations
 from mtasts_fast.dane.state import DANE, DANE_ONLY, TEMP, DaneState
 from mtasts_fast.netstring import encode
 
-__all__ = ["MTA_STS", "RENDER_KEY", "dane_reply"]
+__all__ = ["MTA_STS", "RENDER_KEY", "dane_reply", "reply_payload"]
 
 #: The memoised "reply" of a state that leaves the MTA-STS answer in place.
 MTA_STS = b""
@@ -29,7 +29,7 @@ _REASON_LIMIT = 200
 #: responder reads it inline on the hot path).
 RENDER_KEY = 0
 
-_LEVELS = {DANE_ONLY: encode(b"OK dane-only"), DANE: encode(b"OK dane")}
+_LEVELS = {DANE_ONLY: b"OK dane-only", DANE: b"OK dane"}
 
 
 def dane_reply(state: DaneState) -> bytes:
@@ -41,7 +41,8 @@ def dane_reply(state: DaneState) -> bytes:
     return reply
 
 
-def _render(state: DaneState) -> bytes:
+def reply_payload(state: DaneState) -> bytes:
+    """The reply for ``state`` before framing (empty: the MTA-STS answer stands)."""
     level = _LEVELS.get(state.decision)
     if level is not None:
         return level
@@ -51,4 +52,9 @@ def _render(state: DaneState) -> bytes:
     text = "".join(ch if " " <= ch <= "~" else "?" for ch in f"DANE: {state.reason}")
     if len(text) > _REASON_LIMIT:
         text = text[: _REASON_LIMIT - 3] + "..."
-    return encode(b"TEMP " + text.encode("ascii"))
+    return b"TEMP " + text.encode("ascii")
+
+
+def _render(state: DaneState) -> bytes:
+    payload = reply_payload(state)
+    return encode(payload) if payload else MTA_STS
