@@ -32,14 +32,14 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from mtasts_fast.cache.base import CacheEntry  # noqa: E402
-from mtasts_fast.cache.lmdb import LmdbCache  # noqa: E402
-from mtasts_fast.config import Config  # noqa: E402
-from mtasts_fast.dane.resolver import DaneResolver  # noqa: E402
-from mtasts_fast.dane.state import DANE_ONLY, NO_DANE, DaneHost, DaneState  # noqa: E402
-from mtasts_fast.fetcher import PolicyFetcher  # noqa: E402
-from mtasts_fast.policy import Policy  # noqa: E402
-from mtasts_fast.responder import Responder  # noqa: E402
+from mtasts_fast.cache.base import CacheEntry
+from mtasts_fast.cache.lmdb import LmdbCache
+from mtasts_fast.config import Config
+from mtasts_fast.dane.resolver import DaneResolver
+from mtasts_fast.dane.state import DANE_ONLY, NO_DANE, DaneHost, DaneState
+from mtasts_fast.fetcher import PolicyFetcher
+from mtasts_fast.policy import Policy
+from mtasts_fast.responder import Responder
 
 VARIANTS = ("off", "precedence-sts", "precedence-dane", "precedence-notfound")
 
@@ -104,7 +104,8 @@ async def main(probes: int, rounds: int) -> dict[str, float]:
         }
         for variant, head in expected.items():
             reply = responder.answer(payloads[variant][0])
-            assert isinstance(reply, bytes) and head in reply, (variant, reply)
+            assert isinstance(reply, bytes), (variant, reply)
+            assert head in reply, (variant, reply)
         best: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for _ in range(rounds):
             for variant in VARIANTS:
@@ -129,4 +130,6 @@ if __name__ == "__main__":
     for variant in VARIANTS:
         ns = results[variant]
         median = results[f"{variant} (median)"]
-        print(f"  {variant:22} {ns:7.0f} ns  (median {median:5.0f} ns)  {ns - base:+5.0f} ns vs off")
+        print(
+            f"  {variant:22} {ns:7.0f} ns  (median {median:5.0f} ns)  {ns - base:+5.0f} ns vs off"
+        )
