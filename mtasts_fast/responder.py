@@ -177,7 +177,7 @@ class Responder:
                 # Negatively cached, or its last fetch failed: RFC 8461 §3.3,
                 # deliver as if the domain had no policy until the retry time.
                 if zone.dane == _ALL:
-                    return self._answer_dane_slow(domain, zone, NOTFOUND_REPLY)
+                    return self._with_dane_nowait(domain, zone, NOTFOUND_REPLY, now)
                 return NOTFOUND_REPLY
         return self._answer_slow(domain, zone)
 
@@ -252,6 +252,18 @@ class Responder:
         return NOTFOUND_REPLY
 
     # -- DANE (RFC 8461 §2, RFC 7672) ---------------------------------------------
+
+    def _with_dane_nowait(
+        self, domain: str, zone: _Zone, reply: bytes, now: float
+    ) -> bytes | Coroutine[Any, Any, bytes]:
+        """The hot path's DANE step, for the answers it does not inline."""
+        try:
+            state = self._get_dane_nowait(domain)
+        except Exception:
+            return self._answer_dane_slow(domain, zone, reply)
+        if state is not None and now < state.expires_at:
+            return dane_reply(state) or reply
+        return self._dane_expired(domain, zone, reply, state, now)
 
     def _dane_expired(
         self, domain: str, zone: _Zone, reply: bytes, state: DaneState | None, now: float

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.dane_world import PROBE_NAME, DaneWorld
+from tests.dane_world import PROBE_NAME, DaneWorld, Silent
 from tests.servers.daemon import DaemonProcess
 from tests.servers.dnssec import DaneCase
 
@@ -36,7 +36,9 @@ def start(tmp_path: Path, dane_world: DaneWorld) -> Iterator[Any]:
             "dnssec_probe_name": PROBE_NAME,
         }
         data.update(settings)
-        daemon = DaemonProcess(tmp_path, dane_world.world, **data)
+        directory = tmp_path / f"daemon{len(running)}"  # its own config and log
+        directory.mkdir()
+        daemon = DaemonProcess(directory, dane_world.world, **data)
         running.append(daemon)
         daemon.start()
         return daemon
@@ -117,3 +119,21 @@ def test_resolver_off_this_host_is_warned_about(start: Any, dane_world: DaneWorl
     assert "WARNING" in line
     assert "resolver 192.0.2.1:53 is not on this host" in line
     assert dane_world.validating not in line
+
+
+def test_states_are_shared_through_the_cache_file(
+    start: Any, dane_world: DaneWorld, silent: Silent, tmp_path: Path
+) -> None:
+    # One daemon evaluates and stores; another process on the same LMDB file
+    # (a second worker, a restart) answers from it at once, even with a
+    # resolver that answers nothing (an evaluation would end in TEMP).
+    cache = {"type": "lmdb", "options": {"path": str(tmp_path / "shared.lmdb")}}
+    domain = dane_world.domain(DaneCase.MIXED)
+    first = start(cache=cache)
+    assert first.ask(f"postfix {domain}".encode()) == b"OK dane"
+    first.stop()
+    second = start(cache=cache, nameservers=[silent.address])
+    started = time.monotonic()
+    assert second.ask(f"postfix {domain}".encode()) == b"OK dane"
+    assert time.monotonic() - started < 1
+    assert f"DANE: {domain} is" not in second.log_text()

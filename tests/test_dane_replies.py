@@ -373,3 +373,20 @@ async def test_precedence_does_not_evaluate_domains_without_a_secure_policy(
     # ...while "all" evaluates them.
     assert await daemon.ask(f"all {dane_world.domain(C.NXDOMAIN)}") == NOTFOUND
     assert dane.resolver.queries == before + 1
+
+
+async def test_all_answers_a_domain_without_policy_from_the_stored_state_at_once(
+    daemon: Running, dane_world: DaneWorld
+) -> None:
+    # No MTA-STS policy (remembered as such) and a stored DANE state: the
+    # hot path answers without a task, as for a cached policy.
+    domain = dane_world.domain(C.NXDOMAIN)
+    assert await daemon.ask(f"all {domain}") == NOTFOUND
+    payload = f"all {domain}".encode()
+    assert daemon.responder.answer(payload) == frame(NOTFOUND)
+    now = time.time()
+    hosts = (DaneHost(f"mx.{domain}", "dane", "stored"),)
+    await daemon.cache.put_dane(DaneState(domain, DANE_ONLY, "stored", hosts, now, now + 600))
+    assert daemon.responder.answer(payload) == frame(DANE_ONLY_REPLY)
+    # precedence still leaves a domain without a secure policy alone.
+    assert daemon.responder.answer(f"precedence {domain}".encode()) == frame(NOTFOUND)
