@@ -7,9 +7,11 @@
     mta-sts-cache [-c FILE] import [FILE]        JSON lines, "-" = stdin
     mta-sts-cache [-c FILE] warm FILE [--concurrency N] [--force]
 
-Export/import move a cache between backends (e.g. sqlite → lmdb). Warm
-prefetches a list of domains. Exit status: 0 done, 1 a named domain is not
-cached, 2 usage or configuration error, 3 the cache backend is unavailable.
+Export/import move a cache's policies between backends (e.g. sqlite → lmdb);
+failure records and DANE states are not exported (``cache.json_form`` says
+why). Warm prefetches a list of domains. Exit status: 0 done, 1 a named
+domain is not cached (``show``: no policy and no DANE state), 2 usage or
+configuration error, 3 the cache backend is unavailable.
 """
 
 from __future__ import annotations
@@ -25,13 +27,19 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from mtasts_fast import __version__, defaults
-from mtasts_fast.cache import Cache, CacheEntry, CacheUnavailable, create_cache
+from mtasts_fast.cache import Cache, CacheUnavailable, create_cache
 from mtasts_fast.cache.base import FetchFailure
+from mtasts_fast.cache.json_form import (
+    dane_to_json,
+    entry_from_json,
+    entry_to_json,
+    failure_to_json,
+)
 from mtasts_fast.config import Config
+from mtasts_fast.dane.state import NO_DANE, DaneState
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.keys import normalise_key
-from mtasts_fast.policy import MODES, Policy
 from mtasts_fast.refresh import PolicyRefresher
 from mtasts_fast.reply import render_policy
 
@@ -41,8 +49,6 @@ EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
-
-EXPORT_FORMAT = 1
 
 
 class UsageError(Exception):
@@ -69,9 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="everything cached for one domain")
     show.add_argument("domain")
     show.add_argument("--json", action="store_true", help="a JSON object")
-    purge = commands.add_parser("purge", help="forget domains (they are fetched again)")
+    purge = commands.add_parser(
+        "purge", help="forget domains (they are fetched and DANE-evaluated again)"
+    )
     purge.add_argument("domains", nargs="*", metavar="DOMAIN")
-    purge.add_argument("--all", action="store_true", help="forget every cached policy")
+    purge.add_argument(
+        "--all",
+        action="store_true",
+        help="forget every cached policy, failure record and DANE state",
+    )
     export = commands.add_parser("export", help="write every entry as JSON lines")
     export.add_argument("file", nargs="?", default="-", help="output file (default: stdout)")
     load = commands.add_parser("import", help="read JSON lines written by export")
@@ -187,14 +199,19 @@ async def _list(cache: Cache, as_json: bool) -> int:
 async def _show(cache: Cache, config: Config, domain: str, as_json: bool) -> int:
     entry = await cache.get(domain)
     failure = await cache.get_failure(domain)
-    if entry is None and failure is None:
+    dane = await cache.get_dane(domain)
+    if entry is None and failure is None and dane is None:
         print(f"{domain}: not cached", file=sys.stderr)
         return EXIT_NOT_FOUND
+    # Status 1 means "nothing cached that answers for it": neither a policy
+    # nor a DANE state (a remembered failure is still shown).
+    status = EXIT_OK if entry is not None or dane is not None else EXIT_NOT_FOUND
     if as_json:
         data: dict[str, Any] = entry_to_json(entry) if entry is not None else {"domain": domain}
         data["last_failure"] = failure_to_json(failure) if failure is not None else None
+        data["dane"] = dane_to_json(dane) if dane is not None else None
         print(json.dumps(data, indent=2))
-        return EXIT_OK if entry is not None else EXIT_NOT_FOUND
+        return status
     print(f"domain:      {domain}")
     if entry is None:
         print("policy:      (none cached)")
@@ -213,8 +230,8 @@ async def _show(cache: Cache, config: Config, domain: str, as_json: bool) -> int
         print(f"Postfix reply (default zone): {reply}")
     if failure is not None:
         _print_failure(failure)
-    # Status 1 still means "no policy cached", even when a failure is shown.
-    return EXIT_OK if entry is not None else EXIT_NOT_FOUND
+    _print_dane(dane)
+    return status
 
 
 def _print_failure(failure: FetchFailure) -> None:
@@ -233,15 +250,26 @@ def _print_failure(failure: FetchFailure) -> None:
     print(f"next retry:  {_when(failure.retry_at)} ({wait})")
 
 
-def failure_to_json(failure: FetchFailure) -> dict[str, Any]:
-    return {
-        "result_type": failure.result_type,
-        "stage": failure.stage,
-        "reason": failure.reason,
-        "failed_at": failure.failed_at,
-        "retry_at": failure.retry_at,
-        "attempts": failure.attempts,
-    }
+def _print_dane(state: DaneState | None) -> None:
+    if state is None:
+        print("DANE:        (none cached)")
+        return
+    print(f"DANE:        {state.decision} ({state.reason})")
+    print(f"evaluated:   {_when(state.evaluated_at)} (DNSSEC lookups)")
+    left = round(state.expires_at - time.time())
+    when = f"in {left} s" if left > 0 else f"{-left} s ago: evaluated again at the next lookup"
+    print(f"re-evaluate: {_when(state.expires_at)} ({when})")
+    if not state.hosts:
+        print("MX hosts:    (none looked at)")
+    for host in state.hosts:
+        why = f": {host.reason}" if host.reason else ""
+        print(f"MX host:     {host.name} {host.status}{why}")
+    if state.decision != NO_DANE:
+        # The reply above is the policy's; the daemon's is not (RFC 8461 §2).
+        print(
+            "DANE comes first: in a zone with `dane: precedence` (the default) or `all`,"
+            f" Postfix gets the {state.decision} answer, not the policy's"
+        )
 
 
 async def _purge(cache: Cache, domains: list[str], purge_all: bool) -> int:
@@ -254,10 +282,12 @@ async def _purge(cache: Cache, domains: list[str], purge_all: bool) -> int:
     status = EXIT_OK
     for text in domains:
         domain = _domain(text)
-        # Forgetting a failure too lets the next lookup fetch at once.
+        # Forgetting a failure too lets the next lookup fetch at once, and
+        # forgetting the DANE state makes it evaluate the domain afresh.
         had_entry = await cache.delete(domain)
         had_failure = await cache.delete_failure(domain)
-        if had_entry or had_failure:
+        had_dane = await cache.delete_dane(domain)
+        if had_entry or had_failure or had_dane:
             print(f"{domain}: purged")
         else:
             print(f"{domain}: not cached", file=sys.stderr)
@@ -412,44 +442,6 @@ def _print_summary(outcomes: dict[str, int], total: int, elapsed: float) -> None
     for name, number in sorted(outcomes.items(), key=lambda item: (-item[1], item[0])):
         print(f"{name:<32} {number:>8}")
     print(f"{'total':<32} {total:>8}   ({elapsed:.1f} s)")
-
-
-def entry_to_json(entry: CacheEntry) -> dict[str, Any]:
-    return {
-        "format": EXPORT_FORMAT,
-        "domain": entry.domain,
-        "policy_id": entry.policy_id,
-        "mode": entry.policy.mode,
-        "max_age": entry.policy.max_age,
-        "mx": list(entry.policy.mx),
-        "lines": list(entry.policy.lines),
-        "fetched_at": entry.fetched_at,
-        "checked_at": entry.checked_at,
-    }
-
-
-def entry_from_json(data: Any) -> CacheEntry:
-    """Rebuild an exported entry; ValueError/TypeError/KeyError if it is not one."""
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    if data.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"unknown export format {data.get('format')!r}")
-    domain = normalise_key(str(data["domain"]).encode())
-    if domain is None or domain != data["domain"]:
-        raise ValueError(f"invalid domain {data['domain']!r}")
-    mode, max_age = data["mode"], data["max_age"]
-    if mode not in MODES or type(max_age) is not int or max_age < 0:
-        raise ValueError("invalid mode or max_age")
-    mx, lines = data["mx"], data["lines"]
-    if not all(isinstance(x, str) for x in [*mx, *lines]):
-        raise TypeError("mx and lines must be lists of strings")
-    policy = Policy(mode=mode, max_age=max_age, mx=tuple(mx), lines=tuple(lines))
-    policy_id = data["policy_id"]
-    if not isinstance(policy_id, str):
-        raise TypeError("policy_id must be a string")
-    return CacheEntry(
-        domain, policy_id, policy, float(data["fetched_at"]), float(data["checked_at"])
-    )
 
 
 def console_main() -> None:

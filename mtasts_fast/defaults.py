@@ -100,6 +100,14 @@ TLSRPT = False
 # operator knows which level is not below their own smtp_tls_security_level.
 TLSRPT_TESTING_LEVEL = "notfound"
 
+# Which domains get a DANE answer (RFC 8461 §2, RFC 7672; DESIGN.md §7):
+# "precedence" evaluates DANE for every domain whose answer would otherwise be
+# an MTA-STS policy, so that the policy never overrides DANE; "all" for every
+# domain (postfix-tlspol's behaviour); "off" never (the old daemon's answers,
+# which do not honour RFC 8461 §2). The default honours the RFC with no change
+# to a postfix-mta-sts-resolver config file.
+DANE = "precedence"
+
 # --- Proactive policy fetching ---------------------------------------------
 
 # All four are the old daemon's defaults.
@@ -131,6 +139,44 @@ FETCH_BACKOFF_MAX = 300.0
 # zone timeout): a burst of mail to a thousand new domains must not become a
 # thousand simultaneous TLS handshakes.
 MAX_CONCURRENT_FETCHES = 100
+
+# --- DANE (RFC 7672; DESIGN.md §7) ---------------------------------------------
+
+# The name whose answer must carry the AD bit for the resolver to count as
+# validating (probe.py). The root zone is signed and every validating resolver
+# holds its trust anchor, so "." works everywhere a real resolver is used; a
+# private trust anchor (a test tree, an internal root) needs its own name.
+DNSSEC_PROBE_NAME = "."
+# Seconds between two probes: hourly notices a resolver that stopped (or
+# started) validating soon enough, at one query an hour per worker.
+DNSSEC_PROBE_INTERVAL = 3600.0
+# Seconds before probing again when the resolver did not answer the probe at
+# all (it may be starting up alongside the daemon).
+DNSSEC_PROBE_RETRY = 60.0
+# A DANE state is kept for the smallest TTL of the answers it was built from,
+# clamped to [DANE_TTL_MIN, DANE_TTL_MAX] seconds. The floor stops a zone
+# with TTLs of a few seconds from making every lookup a re-evaluation (60 s,
+# like cache_grace for an MTA-STS TXT id). The ceiling bounds how long a
+# change goes unseen: a domain that withdraws its TLSA records while we still
+# answer dane-only would have its mail deferred by Postfix ("no TLSA records
+# found"), so an hour, whatever TTLs the zone publishes. Revalidation runs in
+# the background, so neither number ever makes a lookup wait.
+DANE_TTL_MIN = 60.0
+DANE_TTL_MAX = 3600.0
+# A stored state past its expiry is still answered (and re-evaluated in the
+# background) for this long; older than that, a lookup waits for a new
+# evaluation (bounded by the zone timeout). A day: a worker that was idle
+# overnight answers at once, one that was stopped for a week does not trust
+# what it knew.
+DANE_STALE_LIMIT = 86400.0
+# MX hosts evaluated per domain, in preference order (three queries each).
+# Postfix tries at most smtp_mx_address_limit addresses (default 5), so hosts
+# beyond ten never see a Postfix with default settings, while a hostile zone
+# with thousands of MX records costs at most 30 queries. A domain with more
+# hosts can get `dane` (Postfix applies DANE host by host), never `dane-only`.
+DANE_MAX_MX_HOSTS = 10
+# A `temp` state (DNSSEC validation failed) is retried after FETCH_BACKOFF_MIN
+# seconds, doubling up to fetch_backoff_max: the policy fetch's discipline.
 
 # --- Network ---------------------------------------------------------------
 

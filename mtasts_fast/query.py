@@ -1,12 +1,15 @@
 """``mta-sts-query DOMAIN [KNOWN_ID]``: discover and fetch one domain's policy.
 
 Prints what a person needs to debug a domain — the TXT records seen, the
-policy, the reply Postfix would get, and every RFC 8461 check that failed —
+policy, the DANE evaluation (each MX host, whether each answer was secure,
+which TLSA records are usable, the decision and why), the reply Postfix
+would get, and every RFC 8461 check that failed —
 or the same as JSON. With ``-c``, the configuration's ``policy_overrides``
 are read too: the entry that applies to the domain is shown, and the reply
 is the one the daemon gives with it (the domain is still looked up, to show
 what it publishes). Exit status: 0 a valid policy, 1 no policy published,
-2 discovery or fetch failed, or a usage/config error.
+2 discovery or fetch failed, or a usage/config error (the MTA-STS
+policy's status, whatever DANE says).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from mtasts_fast import __version__, defaults
 from mtasts_fast.config import Config, ZoneConfig
@@ -70,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds for the whole lookup (default: zone timeout, {defaults.ZONE_TIMEOUT})",
     )
     parser.add_argument(
+        "--dane",
+        choices=["precedence", "all", "off"],
+        help="which answers give way to DANE (default: the zone's dane setting, precedence); "
+        "off skips the DANE evaluation",
+    )
+    parser.add_argument(
+        "--dnssec-probe-name",
+        metavar="NAME",
+        help="a signed name the resolver must answer with the AD bit "
+        f"(default: the configuration's dnssec_probe_name, {defaults.DNSSEC_PROBE_NAME!r})",
+    )
+    parser.add_argument(
         "-v", "--verbosity", choices=list(LEVELS), default="warn", help="logging verbosity"
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -95,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ca_file = args.ca_file
     applied: Applied | None = None
     overrides_file = None
+    probe_name = defaults.DNSSEC_PROBE_NAME
     if args.config:
         try:
             config = Config.from_yaml(args.config)
@@ -111,14 +127,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if overrides is not None:
             applied = overrides.apply(domain)
             overrides_file = overrides.filename
+        probe_name = config.dnssec_probe_name
     elif args.zone:
         print("mta-sts-query: --zone needs -c/--config", file=sys.stderr)
         return EXIT_ERROR
     timeout = args.timeout if args.timeout is not None else zone.timeout
     if applied is not None and applied.override.kind == ENFORCE_TESTING:
         zone = dataclasses.replace(zone, strict_testing=True)
+    dane = DaneOptions(args.dane or zone.dane, args.dnssec_probe_name or probe_name)
     try:
-        report = asyncio.run(_query(domain, args.known_id, nameservers, ca_file, timeout, zone))
+        report = asyncio.run(
+            _query(domain, args.known_id, nameservers, ca_file, timeout, zone, dane)
+        )
     except (OSError, ValueError) as exc:
         print(f"mta-sts-query: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -140,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(report["exit_status"])
 
 
+class DaneOptions(NamedTuple):
+    mode: str
+    probe_name: str
+
+
 async def _query(
     domain: str,
     known_id: str | None,
@@ -147,14 +172,23 @@ async def _query(
     ca_file: str | None,
     timeout: float,
     zone: ZoneConfig,
+    dane: DaneOptions,
 ) -> dict[str, Any]:
+    from mtasts_fast.dane.report import combined_reply, dane_report
     from mtasts_fast.fetcher import Outcome, PolicyFetcher
     from mtasts_fast.reply import render_policy
 
     fetcher = PolicyFetcher(nameservers=nameservers, ca_file=ca_file)
     await fetcher.start()
     try:
-        result = await fetcher.fetch(domain, timeout, known_id)
+        # Side by side, each bounded by the timeout, as the daemon would.
+        if dane.mode == "off":
+            result, dane_part = await fetcher.fetch(domain, timeout, known_id), None
+        else:
+            result, dane_part = await asyncio.gather(
+                fetcher.fetch(domain, timeout, known_id),
+                dane_report(domain, nameservers, dane.probe_name, timeout),
+            )
     finally:
         await fetcher.close()
     report: dict[str, Any] = {
@@ -170,6 +204,9 @@ async def _query(
         "warnings": list(result.warnings),
         "policy": None,
         "reply": None,
+        "mta_sts_reply": None,
+        "dane_mode": dane.mode,
+        "dane": dane_part,
     }
     if result.outcome is Outcome.POLICY and result.policy is not None:
         policy = result.policy
@@ -189,6 +226,9 @@ async def _query(
     else:
         report["reply"] = "NOTFOUND "
         report["exit_status"] = EXIT_ERROR
+    if report["reply"] is not None:
+        report["mta_sts_reply"] = report["reply"]
+        report["reply"] = combined_reply(dane.mode, report["reply"], dane_part)
     return report
 
 
@@ -227,7 +267,15 @@ def _human(report: dict[str, Any]) -> str:
             f"override:    {override['file']}: entry {override['entry']!r} applies: "
             f"{override['description']}"
         )
+    if report["dane"] is not None:
+        from mtasts_fast.dane.report import human_lines
+
+        out.extend(human_lines(report["dane"]))
     if report["reply"] is not None:
+        if report["reply"] != report["mta_sts_reply"]:
+            overridden = override is not None and override["kind"] != ENFORCE_TESTING
+            first = "the override comes first" if overridden else "DANE comes first"
+            out.append(f"MTA-STS reply: {report['mta_sts_reply']} ({first})")
         out.append(f"Postfix reply: {report['reply']}")
     return "\n".join(out)
 

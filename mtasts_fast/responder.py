@@ -1,4 +1,4 @@
-"""Turn one socketmap request into one reply (DESIGN.md §3–§4, §8).
+"""Turn one socketmap request into one reply (DESIGN.md §3–§4, §7, §8).
 
 The hot path — a cache hit on a backend with synchronous reads — runs without
 creating a task or touching the network: split the request, find the zone,
@@ -7,7 +7,16 @@ Everything else returns a coroutine for the server to schedule.
 
 A lookup's steps, in order: the key (normalised, memoised); a local override
 (overrides.py), found with the key and memoised with it, so a key without
-one pays a type check only; then the policy from the cache or a fetch.
+one pays a type check only — the operator's word wins over DANE and MTA-STS
+alike; then the policy from the cache or a fetch, and its DANE state.
+
+DANE comes first (RFC 8461 §2): in a zone with ``dane: precedence`` an answer
+that would be an MTA-STS ``OK secure ...`` is replaced by the domain's DANE
+answer (``OK dane-only``, ``OK dane`` or ``TEMP``) when DANE applies; with
+``dane: all`` every answer is. On the hot path that is one more memoised
+cache read (``get_dane_nowait``) and the reply memoised on the DANE state;
+a state past its expiry is still answered while it is re-evaluated in the
+background, and only a domain with no usable state waits for DNS.
 """
 
 from __future__ import annotations
@@ -21,9 +30,15 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from mtasts_fast import defaults
 from mtasts_fast.cache import Cache, CacheEntry
 from mtasts_fast.config import Config, ZoneConfig
 from mtasts_fast.config.zones import TESTING_LEVELS, socketmap_zones
+from mtasts_fast.dane.probe import DnssecProbe
+from mtasts_fast.dane.refresher import DaneRefresher
+from mtasts_fast.dane.reply import RENDER_KEY, dane_reply
+from mtasts_fast.dane.resolver import DaneResolver
+from mtasts_fast.dane.state import TEMP, DaneState
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.keys import normalise_key
 from mtasts_fast.memo import make_room
@@ -48,16 +63,28 @@ TEMP_CACHE = encode(b"TEMP MTA-STS policy cache unavailable")
 _KEY_MEMO_LIMIT = 65_536
 
 _MISSING = object()
+# The hot path reads a DANE state's memoised reply with the literal key.
+assert RENDER_KEY == 0
+
+# _Zone.dane: which answers consult the domain's DANE state.
+_STS_ONLY = 0  # dane: off, or DANE detection inactive
+_PRECEDENCE = 1  # answers that would be MTA-STS "OK secure ..."
+_ALL = 2  # every answer
+_DANE_MODES = {"off": _STS_ONLY, "precedence": _PRECEDENCE, "all": _ALL}
 
 
 class _Zone:
     """A zone's settings as the hot path wants them."""
 
-    __slots__ = ("config", "render_key", "strict", "timeout")
+    __slots__ = ("config", "dane", "dane_mode", "render_key", "strict", "timeout")
 
     def __init__(self, config: ZoneConfig) -> None:
         self.config = config
         self.timeout = config.timeout
+        #: The configured DANE mode, and the one in force (_STS_ONLY while
+        #: DANE detection is inactive or there is no resolver).
+        self.dane_mode = _DANE_MODES[config.dane]
+        self.dane = _STS_ONLY
         # A reply depends on these settings only (reply.render_policy), so
         # zones that agree on them share the rendered reply of an entry. An
         # int key hashes in nanoseconds; the frozen dataclass does not.
@@ -86,8 +113,14 @@ class Responder:
         fetcher: PolicyFetcher,
         *,
         clock: Callable[[], float] = time.time,
+        resolver: DaneResolver | None = None,
+        probe: DnssecProbe | None = None,
         overrides: Overrides | None = None,
     ) -> None:
+        """``resolver``: the DNSSEC-aware resolver for the DANE evaluation; without
+        it every zone answers MTA-STS only. ``probe``: turns DANE detection off
+        while the resolver does not validate. ``overrides``: the operator's local
+        policies (policy_overrides)."""
         self._cache = cache
         self._clock = clock
         self._grace = config.cache_grace
@@ -111,6 +144,24 @@ class Responder:
         # past cache_grace schedules one TXT check per grace, not per lookup.
         self._attempted: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Coalesced, stored DANE evaluations (None: MTA-STS answers only).
+        self.dane: DaneRefresher | None = None
+        if self._sync_reads:
+            # Bound once: the hot path's second read is a plain call.
+            self._get_dane_nowait = cache.get_dane_nowait
+        if resolver is not None:
+            self.dane = DaneRefresher(
+                config, cache, resolver, self.refresher, probe=probe, clock=clock
+            )
+            self._set_dane_active(probe is None or probe.active)
+            if probe is not None:
+                probe.subscribe(self._set_dane_active)
+
+    def _set_dane_active(self, active: bool) -> None:
+        """Switch DANE answers on or off in every zone (the probe calls it)."""
+        for zone in (self._default_zone, *self._zones.values()):
+            for each in (zone, zone.strict):
+                each.dane = each.dane_mode if active else _STS_ONLY
 
     # -- the hot path -----------------------------------------------------------
 
@@ -145,12 +196,27 @@ class Responder:
                     if now - entry.checked_at > self._grace:
                         self._revalidate_soon(entry, zone, now)
                     reply = entry.rendered.get(zone.render_key)
-                    if reply is not None:
+                    if reply is None:
+                        reply = self._framed(entry, zone)
+                    dane = zone.dane
+                    if not dane or (reply is NOTFOUND_REPLY and dane == _PRECEDENCE):
                         return reply
-                    return self._framed(entry, zone)
+                    # RFC 8461 §2: the DANE answer, when DANE applies, comes first.
+                    try:
+                        state = self._get_dane_nowait(domain)
+                    except Exception:
+                        return self._answer_dane_slow(domain, zone, reply)
+                    if state is not None and now < state.expires_at:
+                        final = state.rendered.get(0)  # dane.reply.RENDER_KEY, as a constant
+                        if final is None:
+                            final = dane_reply(state)
+                        return final or reply
+                    return self._dane_expired(domain, zone, reply, state, now)
             elif self.refresher.in_backoff(domain, now):
                 # Negatively cached, or its last fetch failed: RFC 8461 §3.3,
                 # deliver as if the domain had no policy until the retry time.
+                if zone.dane == _ALL:
+                    return self._with_dane_nowait(domain, zone, NOTFOUND_REPLY, now)
                 return NOTFOUND_REPLY
         return self._answer_slow(domain, zone)
 
@@ -169,6 +235,9 @@ class Responder:
         reply = entry.rendered.get(zone.render_key)
         if reply is None:
             reply = encode(render_policy(entry.domain, entry.policy, zone.config))
+            if reply == NOTFOUND_REPLY:
+                # The same object: the hot path tells NOTFOUND by identity.
+                reply = NOTFOUND_REPLY
             entry.rendered[zone.render_key] = reply
         return reply
 
@@ -176,7 +245,16 @@ class Responder:
 
     async def _answer_slow(self, domain: str, zone: _Zone) -> bytes:
         try:
-            return await self._lookup(domain, zone)
+            if zone.dane == _ALL:
+                # Both answers are needed: look them up side by side.
+                reply, state = await asyncio.gather(
+                    self._lookup(domain, zone), self._dane_state(domain, zone)
+                )
+                return _combined(state, reply)
+            reply = await self._lookup(domain, zone)
+            if zone.dane and reply is not NOTFOUND_REPLY and reply is not TEMP_CACHE:
+                return _combined(await self._dane_state(domain, zone), reply)
+            return reply
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -184,6 +262,7 @@ class Responder:
             return TEMP_INTERNAL
 
     async def _lookup(self, domain: str, zone: _Zone) -> bytes:
+        """The MTA-STS answer."""
         refresher = self.refresher
         cache_down = False
         try:
@@ -215,6 +294,58 @@ class Responder:
         # domain had no MTA-STS policy.
         return NOTFOUND_REPLY
 
+    # -- DANE (RFC 8461 §2, RFC 7672) ---------------------------------------------
+
+    def _with_dane_nowait(
+        self, domain: str, zone: _Zone, reply: bytes, now: float
+    ) -> bytes | Coroutine[Any, Any, bytes]:
+        """The hot path's DANE step, for the answers it does not inline."""
+        try:
+            state = self._get_dane_nowait(domain)
+        except Exception:
+            return self._answer_dane_slow(domain, zone, reply)
+        if state is not None and now < state.expires_at:
+            return dane_reply(state) or reply
+        return self._dane_expired(domain, zone, reply, state, now)
+
+    def _dane_expired(
+        self, domain: str, zone: _Zone, reply: bytes, state: DaneState | None, now: float
+    ) -> bytes | Coroutine[Any, Any, bytes]:
+        """The answer when the memoised state is missing or past its expiry."""
+        dane = self.dane
+        if dane is not None and state is not None and _servable(state, now):
+            dane.revalidate(state, zone.timeout, now)
+            return _combined(state, reply)
+        return self._answer_dane_slow(domain, zone, reply, state)
+
+    async def _answer_dane_slow(
+        self, domain: str, zone: _Zone, reply: bytes, state: DaneState | None = None
+    ) -> bytes:
+        try:
+            return _combined(await self._dane_state(domain, zone, state), reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("internal error while answering for %s", domain)
+            return TEMP_INTERNAL
+
+    async def _dane_state(
+        self, domain: str, zone: _Zone, state: DaneState | None = None
+    ) -> DaneState | None:
+        """The state to answer from: stored, or evaluated now (None: MTA-STS only)."""
+        dane = self.dane
+        if dane is None:
+            return None
+        if state is None:
+            state = await dane.stored(domain)
+        now = self._clock()
+        if state is not None and now < state.expires_at:
+            return state
+        if state is not None and _servable(state, now):
+            dane.revalidate(state, zone.timeout, now)
+            return state
+        return await dane.refresh(domain, zone.timeout, state)
+
     def _revalidate_soon(self, entry: CacheEntry, zone: _Zone, now: float) -> None:
         """Check ``entry``'s TXT id in the background; a new id fetches the body."""
         domain = entry.domain
@@ -237,10 +368,27 @@ class Responder:
         return self.refresher.backend_errors
 
     async def close(self) -> None:
-        """Cancel background revalidations and fetches (at shutdown)."""
+        """Cancel background revalidations, fetches and evaluations (at shutdown)."""
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.dane is not None:
+            await self.dane.close()
         await self.refresher.close()
+
+
+def _servable(state: DaneState, now: float) -> bool:
+    """An expired state that may still be answered while it is re-evaluated.
+
+    Not a ``temp`` one: its retry time is all it was good for.
+    """
+    return state.decision != TEMP and now - state.expires_at <= defaults.DANE_STALE_LIMIT
+
+
+def _combined(state: DaneState | None, reply: bytes) -> bytes:
+    """The DANE answer of ``state`` when DANE applies, else the MTA-STS ``reply``."""
+    if state is None:
+        return reply
+    return dane_reply(state) or reply

@@ -21,6 +21,9 @@ from typing import Any
 
 from mtasts_fast.cache import CacheUnavailable, create_cache
 from mtasts_fast.config import CacheConfig, Config
+from mtasts_fast.dane.probe import DnssecProbe
+from mtasts_fast.dane.resolver import DaneResolver
+from mtasts_fast.dane.startup import log_start_notes
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.heap import trim_forever
@@ -130,7 +133,12 @@ async def _serve(
             await cache.setup()
             await fetcher.start()
             started.append(fetcher)
-            responder = Responder(config, cache, fetcher, overrides=overrides)
+            resolver, probe = _dane(config, loud=number == 1)
+            if number == 1:
+                log_start_notes(config, resolver)
+            responder = Responder(
+                config, cache, fetcher, resolver=resolver, probe=probe, overrides=overrides
+            )
             started.append(responder)
             server = SocketmapServer(config, responder)
             await server.start(sockets)
@@ -155,6 +163,10 @@ async def _serve(
             # Fetches leave freed C memory in the heap; give it back now and then.
             asyncio.ensure_future(trim_forever(lambda: refresher.counts.total())),
         ]
+        if probe is not None:
+            # At start and hourly: DANE detection is off while the resolver
+            # does not validate (dane/probe.py).
+            background.append(asyncio.ensure_future(probe.run_forever()))
         if config.proactive_policy_fetching.enabled:
             # Every worker competes for the pass; the cache's lease lets one run it.
             proactive = ProactiveRefresher(config, cache, responder.refresher)
@@ -177,3 +189,20 @@ async def _serve(
             loop.remove_signal_handler(signum)
         loop.remove_reader(lifeline_fd)
     return EXIT_OK
+
+
+def _dane(config: Config, *, loud: bool) -> tuple[DaneResolver | None, DnssecProbe | None]:
+    """The DANE resolver and its probe, or (None, None) when no zone uses DANE."""
+    if not config.uses_dane:
+        return None, None
+    # Built here, after the fork: it reads /etc/resolv.conf when no
+    # nameservers are configured, as the fetcher's c-ares channel does.
+    resolver = DaneResolver(config.nameservers)
+    probe = DnssecProbe(
+        resolver,
+        config.dnssec_probe_name,
+        interval=config.dnssec_probe_interval,
+        timeout=config.default_zone.timeout,
+        loud=loud,
+    )
+    return resolver, probe

@@ -18,6 +18,7 @@ from typing import Protocol
 import pytest
 
 from mtasts_fast.cache.base import FAILURE_RETENTION, NO_POLICY, Cache, CacheEntry, FetchFailure
+from mtasts_fast.dane.state import DANE, DANE_ONLY, NO_DANE, TEMP, DaneHost, DaneState
 from mtasts_fast.policy import Policy
 
 
@@ -63,9 +64,42 @@ def make_failure(
     return FetchFailure(domain, result_type, stage, reason, failed, retry, attempts)
 
 
+def make_dane(
+    domain: str,
+    *,
+    decision: str = DANE_ONLY,
+    reason: str = "2 of 2 MX hosts have usable TLSA",
+    hosts: tuple[DaneHost, ...] | None = None,
+    evaluated_at: float | None = None,
+    ttl: float = 3600.0,
+    expires_at: float | None = None,
+) -> DaneState:
+    evaluated = time.time() if evaluated_at is None else evaluated_at
+    expires = evaluated + ttl if expires_at is None else expires_at
+    if hosts is None:
+        hosts = (
+            DaneHost(f"mx1.{domain}", "dane", "TLSA 3 1 1 usable"),
+            DaneHost(f"mx2.{domain}", "dane", "TLSA 2 0 1 usable"),
+        )
+    return DaneState(domain, decision, reason, hosts, evaluated, expires)
+
+
+# One host of each status, in a deliberate (non-sorted) order.
+EVERY_HOST_STATUS = (
+    DaneHost("mx9.example.com", "dane", "TLSA 3 1 1 usable"),
+    DaneHost("mx1.example.com", "tls-required", "TLSA 0 0 1 only: PKIX usages"),
+    DaneHost("mx5.example.com", "no-tlsa", "secure NODATA for _25._tcp.mx5.example.com"),
+    DaneHost("mx3.example.com", "insecure", "AAAA answer without AD: caf\u00e9 \u2603"),
+    DaneHost("mx2.example.com", "missing", "NXDOMAIN"),
+)
+
+
 class CachePeer(Protocol):
     """The part of a cache that another process uses to coordinate with us."""
 
+    async def get_dane(self, domain: str) -> DaneState | None: ...
+    async def put_dane(self, state: DaneState) -> None: ...
+    async def delete_dane(self, domain: str) -> bool: ...
     async def get_failure(self, domain: str) -> FetchFailure | None: ...
     async def put_failure(self, failure: FetchFailure) -> None: ...
     async def delete_failure(self, domain: str) -> bool: ...
@@ -257,6 +291,141 @@ class CacheContract:
         # `mta-sts-cache purge --all` keeps it.
         assert not await cache.acquire_lease("refresh", "worker-2", 60)
 
+    # -- DANE states (DESIGN.md §7): beside the entries, apart from them --------
+
+    async def test_missing_dane_is_none(self, cache: Cache) -> None:
+        assert await cache.get_dane("nonesuch.example") is None
+
+    @pytest.mark.parametrize(
+        "state",
+        [
+            pytest.param(
+                make_dane(
+                    "example.com",
+                    decision=DANE,
+                    reason="1 of 5 MX hosts has usable TLSA: caf\u00e9",
+                    hosts=EVERY_HOST_STATUS,
+                    evaluated_at=time.time() - 0.25,
+                    ttl=300.125,
+                ),
+                id="every-host-status",
+            ),
+            pytest.param(
+                make_dane("example.com", decision=NO_DANE, reason="MX RRset insecure", hosts=()),
+                id="no-hosts",
+            ),
+            pytest.param(
+                make_dane(
+                    "example.com",
+                    decision=TEMP,
+                    reason="TLSA _25._tcp.mx1.example.com: SERVFAIL from the validating resolver",
+                    ttl=30.0,
+                ),
+                id="temp",
+            ),
+        ],
+    )
+    async def test_dane_round_trip(self, cache: Cache, state: DaneState) -> None:
+        await cache.put_dane(state)
+        got = await cache.get_dane("example.com")
+        assert got is not None
+        assert got.same_as(state)  # every field, the hosts in their order
+        assert got.rendered == {}
+
+    async def test_put_dane_replaces(self, cache: Cache) -> None:
+        now = time.time()
+        await cache.put_dane(make_dane("example.com", decision=DANE_ONLY, evaluated_at=now - 10))
+        await cache.put_dane(make_dane("example.com", decision=TEMP, evaluated_at=now))
+        got = await cache.get_dane("example.com")
+        assert got is not None
+        assert got.decision == TEMP
+        assert got.evaluated_at == now
+
+    async def test_older_dane_write_does_not_replace_newer(self, cache: Cache) -> None:
+        # Two workers (or hosts) evaluated the domain; the one that finished
+        # first writes last: what it saw is older and must not win.
+        # Evaluations are ordered by when they ended, not by when they expire:
+        # a TEMP state expires soon, yet it is newer than a day-long one.
+        now = time.time()
+        newer = make_dane("example.com", decision=TEMP, evaluated_at=now, ttl=30, hosts=())
+        await cache.put_dane(newer)
+        older = make_dane("example.com", decision=DANE_ONLY, evaluated_at=now - 5, ttl=86400)
+        await cache.put_dane(older)
+        got = await cache.get_dane("example.com")
+        assert got is not None
+        assert got.same_as(newer)
+
+    async def test_delete_dane(self, cache: Cache) -> None:
+        await cache.put_dane(make_dane("example.com"))
+        assert await cache.delete_dane("example.com") is True
+        assert await cache.get_dane("example.com") is None
+        assert await cache.delete_dane("example.com") is False
+        assert await cache.delete_dane("nonesuch.example") is False
+
+    async def test_prune_removes_dane_states_expired_before_the_limit(self, cache: Cache) -> None:
+        now = time.time()
+        older_than = now - 500
+        await cache.put_dane(make_dane("old.example", evaluated_at=now - 2000, ttl=1000))
+        await cache.put_dane(make_dane("stale.example", evaluated_at=now - 2000, ttl=1600))
+        await cache.put_dane(make_dane("fresh.example", evaluated_at=now))
+        await cache.put(make_entry("old.example", max_age=10, fetched_at=now - 1000))
+        # Only policy entries are counted.
+        assert await cache.prune(older_than) == 1
+        assert await cache.get_dane("old.example") is None
+        # Expired, but less than the retention ago: still there to be served
+        # while it is revalidated.
+        assert await cache.get_dane("stale.example") is not None
+        assert await cache.get_dane("fresh.example") is not None
+
+    async def test_purge_forgets_dane_states(self, cache: Cache) -> None:
+        await cache.put(make_entry("a.example"))
+        await cache.put_dane(make_dane("a.example"))
+        await cache.put_dane(make_dane("b.example"))
+        assert await cache.purge() == 1  # policy entries only
+        assert await cache.get_dane("a.example") is None
+        assert await cache.get_dane("b.example") is None
+
+    async def test_dane_states_entries_and_failures_are_kept_apart(self, cache: Cache) -> None:
+        entry = make_entry("example.com")
+        failure = make_failure("example.com")
+        state = make_dane("example.com")
+        await cache.put(entry)
+        await cache.put_failure(failure)
+        await cache.put_dane(state)
+        await cache.put_dane(make_dane("dane-only.example"))
+        assert await cache.get("dane-only.example") is None
+        assert await cache.get_failure("dane-only.example") is None
+        assert [e.domain for b in await collect(cache, 10) for e in b] == ["example.com"]
+        assert await cache.delete("example.com") is True
+        assert await cache.delete_failure("example.com") is True
+        got = await cache.get_dane("example.com")
+        assert got is not None
+        assert got.same_as(state)
+        await cache.put(entry)
+        await cache.put_failure(failure)
+        assert await cache.delete_dane("example.com") is True
+        got_entry = await cache.get("example.com")
+        assert got_entry is not None
+        assert got_entry.same_as(entry)
+        assert await cache.get_failure("example.com") == failure
+
+    async def test_dane_sync_read_matches_async_read(self, cache: Cache) -> None:
+        if not cache.synchronous_reads:
+            with pytest.raises(NotImplementedError):
+                cache.get_dane_nowait("example.com")
+            return
+        assert cache.get_dane_nowait("example.com") is None
+        state = make_dane("example.com", hosts=EVERY_HOST_STATUS)
+        await cache.put_dane(state)
+        got = cache.get_dane_nowait("example.com")
+        assert got is not None
+        assert got.same_as(state)
+        again = await cache.get_dane("example.com")
+        assert again is not None
+        assert again.same_as(state)
+        assert await cache.delete_dane("example.com")
+        assert cache.get_dane_nowait("example.com") is None
+
     # -- leases ------------------------------------------------------------------
 
     async def test_lease_has_one_holder(self, cache: Cache) -> None:
@@ -371,5 +540,48 @@ class PersistentCacheContract(CacheContract):
             ones, twos = results[:rounds], results[rounds:]
             # Whoever got there first holds it; every call of the other fails.
             assert (all(ones) and not any(twos)) or (all(twos) and not any(ones)), results
+        finally:
+            await peer.close()
+
+    async def test_dane_survives_reopen(self, cache: Cache) -> None:
+        state = make_dane("example.com", hosts=EVERY_HOST_STATUS)
+        await cache.put_dane(state)
+        reopened = await self.reopen(cache)
+        try:
+            got = await reopened.get_dane("example.com")
+            assert got is not None
+            assert got.same_as(state)
+        finally:
+            await reopened.close()
+
+    async def test_peer_shares_dane_states(self, cache: Cache) -> None:
+        now = time.time()
+        peer = await self.open_peer(cache)
+        try:
+            mine = make_dane("mine.example", evaluated_at=now)
+            await cache.put_dane(mine)
+            got = await peer.get_dane("mine.example")
+            assert got is not None
+            assert got.same_as(mine)
+            theirs = make_dane("theirs.example", decision=TEMP, reason="bogus", hosts=())
+            await peer.put_dane(theirs)
+            got = await cache.get_dane("theirs.example")
+            assert got is not None
+            assert got.same_as(theirs)
+            # The peer evaluated mine.example later: its state wins...
+            newer = make_dane("mine.example", decision=NO_DANE, evaluated_at=now + 1, hosts=())
+            await peer.put_dane(newer)
+            # ...and a late write of an older evaluation from here does not.
+            await cache.put_dane(make_dane("mine.example", evaluated_at=now + 0.5))
+            got = await cache.get_dane("mine.example")
+            assert got is not None
+            assert got.same_as(newer)
+            if cache.synchronous_reads:
+                got = cache.get_dane_nowait("mine.example")
+                assert got is not None
+                assert got.same_as(newer)
+            assert await cache.delete_dane("theirs.example") is True
+            assert await peer.get_dane("theirs.example") is None
+            assert await peer.delete_dane("theirs.example") is False
         finally:
             await peer.close()

@@ -9,7 +9,7 @@ import pytest
 
 from tests.servers.world import World, WorldUnavailable
 
-pytest_plugins = ["tests.loops"]
+pytest_plugins = ["tests.loops", "tests.dane_world"]
 
 
 @pytest.fixture(scope="session")

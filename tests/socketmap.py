@@ -13,6 +13,8 @@ from typing import Any
 from mtasts_fast.cache.base import CacheEntry
 from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.config import Config
+from mtasts_fast.dane.probe import DnssecProbe
+from mtasts_fast.dane.resolver import DaneResolver
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.overrides import overrides_for
 from mtasts_fast.policy import Policy
@@ -78,6 +80,7 @@ class Running:
     responder: Responder
     server: SocketmapServer
     clients: list[Client] = field(default_factory=list)
+    probe: DnssecProbe | None = None
 
     async def connect(self) -> Client:
         """A new client connection; ``stop()`` closes any the test left open."""
@@ -116,12 +119,16 @@ async def start_daemon(
     unix: bool = False,
     clock: Callable[[], float] = time.time,
     cache: Any = None,
+    dane: bool = False,
     **settings: Any,
 ) -> Running:
     """Start cache, fetcher, responder and server in this loop, like the daemon does.
 
     ``clock`` replaces the responder's wall clock (tests of backoff periods);
-    ``cache`` replaces the in-process cache (a shared one, say).
+    ``cache`` replaces the in-process cache (a shared one, say). ``dane``:
+    evaluate DANE like a worker does, with a resolver for ``nameservers`` and
+    a DNSSEC probe of ``dnssec_probe_name`` that has run once; without it
+    every zone answers MTA-STS only.
     """
     data: dict[str, Any] = {"nameservers": [world.nameserver], "ca_file": world.ca_file}
     if unix:
@@ -135,14 +142,28 @@ async def start_daemon(
         cache = InternalCache(int(config.cache.options.get("cache_size", 10_000)))
     fetcher = PolicyFetcher(nameservers=config.nameservers, ca_file=config.ca_file)
     await fetcher.start()
-    responder = Responder(config, cache, fetcher, clock=clock, overrides=overrides_for(config))
+    resolver = probe = None
+    if dane:
+        resolver = DaneResolver(config.nameservers)
+        probe = DnssecProbe(resolver, config.dnssec_probe_name, timeout=config.default_zone.timeout)
+    responder = Responder(
+        config,
+        cache,
+        fetcher,
+        clock=clock,
+        resolver=resolver,
+        probe=probe,
+        overrides=overrides_for(config),
+    )
+    if probe is not None:
+        await probe.check()
     server = SocketmapServer(config, responder)
     try:
         await server.start()
     except BaseException:
         await fetcher.close()
         raise
-    return Running(config, cache, fetcher, responder, server)
+    return Running(config, cache, fetcher, responder, server, probe=probe)
 
 
 def enforce(*mx: str, max_age: int = 86400) -> Policy:

@@ -26,13 +26,22 @@ import lmdb
 import pytest
 
 from mtasts_fast.cache.base import Cache, CacheEntry, CacheUnavailable, FetchFailure
-from mtasts_fast.cache.codec import decode_entry, decode_failure, encode_entry
+from mtasts_fast.cache.codec import (
+    decode_dane,
+    decode_entry,
+    decode_failure,
+    encode_entry,
+    encode_failure,
+)
 from mtasts_fast.cache.lmdb import LmdbCache, _time_key
+from mtasts_fast.cache.lmdb import dane as dane_module
+from mtasts_fast.dane.state import DaneHost, DaneState
 from mtasts_fast.policy import Policy
 from tests.cache_contract import (
     CachePeer,
     PersistentCacheContract,
     collect,
+    make_dane,
     make_entry,
     make_failure,
 )
@@ -205,12 +214,22 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 )
 
 # argv: path. Answers one JSON call per stdin line, ["method", [args...]],
-# with one JSON line holding the result (a FetchFailure as a list of fields).
+# with one JSON line holding the result (a FetchFailure or a DaneState as a
+# list of fields, a DaneState's hosts as lists too).
 PEER_SCRIPT = (
     PRELUDE
     + """
 import dataclasses
 from mtasts_fast.cache.base import FetchFailure
+from mtasts_fast.dane.state import DaneHost, DaneState
+
+def dane_state(domain, decision, reason, hosts, evaluated_at, expires_at):
+    hosts = tuple(DaneHost(*host) for host in hosts)
+    return DaneState(domain, decision, reason, hosts, evaluated_at, expires_at)
+
+def dane_fields(s):
+    hosts = [[h.name, h.status, h.reason] for h in s.hosts]
+    return [s.domain, s.decision, s.reason, hosts, s.evaluated_at, s.expires_at]
 
 async def main(path):
     cache = LmdbCache({"path": path, "map_size": 64 << 20, "max_entries": 100_000})
@@ -220,9 +239,13 @@ async def main(path):
         method, args = json.loads(line)
         if method == "put_failure":
             args = [FetchFailure(*args[0])]
+        elif method == "put_dane":
+            args = [dane_state(*args[0])]
         result = await getattr(cache, method)(*args)
         if isinstance(result, FetchFailure):
             result = dataclasses.astuple(result)
+        elif isinstance(result, DaneState):
+            result = dane_fields(result)
         print(json.dumps(result), flush=True)
     await cache.close()
 
@@ -273,6 +296,12 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
 )
 
 
+def dane_fields(state: DaneState) -> list[Any]:
+    """A DaneState as JSON for the peer process (``rendered`` is not data)."""
+    hosts = [[h.name, h.status, h.reason] for h in state.hosts]
+    return [state.domain, state.decision, state.reason, hosts, state.evaluated_at, state.expires_at]
+
+
 class LmdbPeer:
     """Another process with the same LMDB file open, driven over its stdin.
 
@@ -312,6 +341,22 @@ class LmdbPeer:
             self._process.stdin.write(json.dumps([method, args]).encode() + b"\n")
             await self._process.stdin.drain()
             return await self._answer()
+
+    async def get_dane(self, domain: str) -> DaneState | None:
+        fields = await self._call("get_dane", domain)
+        if fields is None:
+            return None
+        domain, decision, reason, hosts, evaluated_at, expires_at = fields
+        return DaneState(
+            domain, decision, reason, tuple(DaneHost(*h) for h in hosts), evaluated_at, expires_at
+        )
+
+    async def put_dane(self, state: DaneState) -> None:
+        await self._call("put_dane", dane_fields(state))
+
+    async def delete_dane(self, domain: str) -> bool:
+        result: bool = await self._call("delete_dane", domain)
+        return result
 
     async def get_failure(self, domain: str) -> FetchFailure | None:
         fields = await self._call("get_failure", domain)
@@ -1074,3 +1119,283 @@ async def test_lease_taken_by_one_process_at_a_time(tmp_path: Path) -> None:
         assert await cache.acquire_lease("race", "parent", 60)  # released by all
     finally:
         await cache.close()
+
+
+# -- DANE states ----------------------------------------------------------------
+
+
+def check_dane(path: str) -> list[str]:
+    """Every DANE state decodes and is indexed by its expires_at; return the domains."""
+    env = raw_env(path)
+    try:
+        with env.begin() as txn:
+            records = dict(txn.cursor(env.open_db(b"dane", txn, create=False)))
+            index = [k for k, _ in txn.cursor(env.open_db(b"dane_by_expiry", txn, create=False))]
+    finally:
+        env.close()
+    states = {k: decode_dane(k.decode(), v) for k, v in records.items()}
+    expected = []
+    for key, state in states.items():
+        assert state is not None, f"the DANE state of {key!r} does not decode"
+        expected.append(_time_key(state.expires_at) + key)
+    assert sorted(index) == sorted(expected)
+    return sorted(k.decode() for k in states)
+
+
+async def test_a_memoised_dane_hit_is_the_same_object_and_opens_no_transaction(
+    tmp_path: Path,
+) -> None:
+    # The responder keeps rendered replies on the state: a repeated hit must
+    # return that very object, at the cost of an entry hit (no transaction)
+    # while nothing was committed.
+    cache = await open_cache(str(tmp_path / "cache.lmdb"))
+    try:
+        await cache.put_dane(make_dane("example.com", reason="one"))
+        first = cache.get_dane_nowait("example.com")
+        assert first is not None
+        first.rendered[0] = b"memoised reply"
+        real = cache._env
+        assert real is not None
+        cache._env = _NoReads(real)  # type: ignore[assignment]
+        try:
+            assert cache.get_dane_nowait("example.com") is first
+            assert await cache.get_dane("example.com") is first
+        finally:
+            cache._env = real
+        # Any commit, even of a policy entry, makes the next hit read again
+        # and find its bytes unchanged: the same object.
+        await cache.put(make_entry("example.com"))
+        cache._env = _NoReads(real)  # type: ignore[assignment]
+        try:
+            with pytest.raises(AssertionError, match="read transaction"):
+                cache.get_dane_nowait("example.com")
+        finally:
+            cache._env = real
+        assert cache.get_dane_nowait("example.com") is first
+        # A new state is a new object, with nothing rendered on it yet.
+        await cache.put_dane(make_dane("example.com", reason="two"))
+        second = cache.get_dane_nowait("example.com")
+        assert second is not None
+        assert second is not first
+        assert second.reason == "two"
+        assert second.rendered == {}
+        # Entries and states are memoised apart.
+        entry = cache.get_nowait("example.com")
+        assert entry is not None
+        assert cache.get_nowait("example.com") is entry
+    finally:
+        await cache.close()
+
+
+async def test_memoised_dane_hits_see_writes_and_deletes_of_other_processes(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path)
+    peer = await LmdbPeer.start(path)
+    try:
+        now = time.time()
+        await cache.put_dane(make_dane("example.com", reason="mine", evaluated_at=now))
+        for _ in range(2):  # memoised and stamped
+            got = cache.get_dane_nowait("example.com")
+            assert got is not None
+            assert got.reason == "mine"
+        await peer.put_dane(make_dane("example.com", reason="theirs", evaluated_at=now + 1))
+        got = cache.get_dane_nowait("example.com")
+        assert got is not None
+        assert got.reason == "theirs"
+        assert await peer.delete_dane("example.com") is True
+        assert cache.get_dane_nowait("example.com") is None
+        assert "example.com" not in cache._dane_memo
+    finally:
+        await peer.close()
+        await cache.close()
+
+
+# The six named databases of the previous release.
+_PREVIOUS_RELEASE_DBS = (
+    b"policies",
+    b"meta",
+    b"by_expiry",
+    b"by_checked",
+    b"failures",
+    b"failures_by_retry",
+)
+
+
+async def test_file_of_the_previous_release_gains_the_dane_databases(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    entry = make_entry("old.example")
+    failure = make_failure("old.example")
+    env = lmdb.Environment(path, subdir=False, max_dbs=len(_PREVIOUS_RELEASE_DBS))
+    with env.begin(write=True) as txn:
+        dbs = {name: env.open_db(name, txn) for name in _PREVIOUS_RELEASE_DBS}
+        txn.put(b"old.example", encode_entry(entry), db=dbs[b"policies"])
+        txn.put(_time_key(entry.expires_at) + b"old.example", b"", db=dbs[b"by_expiry"])
+        txn.put(_time_key(entry.checked_at) + b"old.example", b"", db=dbs[b"by_checked"])
+        txn.put(b"old.example", encode_failure(failure), db=dbs[b"failures"])
+        index_key = _time_key(failure.retry_at) + b"old.example"
+        txn.put(index_key, b"", db=dbs[b"failures_by_retry"])
+    env.close()
+
+    state = make_dane("old.example")
+    cache = await open_cache(path)
+    try:
+        got = cache.get_nowait("old.example")
+        assert got is not None
+        assert got.same_as(entry)
+        assert await cache.get_failure("old.example") == failure
+        assert cache.get_dane_nowait("old.example") is None
+        await cache.put_dane(state)
+        got_state = cache.get_dane_nowait("old.example")
+        assert got_state is not None
+        assert got_state.same_as(state)
+    finally:
+        await cache.close()
+    assert check_dane(path) == ["old.example"]
+    # A process of the previous release (six databases at most) still opens
+    # the file and reads its own data.
+    env = lmdb.Environment(path, subdir=False, max_dbs=len(_PREVIOUS_RELEASE_DBS), create=False)
+    try:
+        with env.begin() as txn:
+            dbs = {name: env.open_db(name, txn, create=False) for name in _PREVIOUS_RELEASE_DBS}
+            assert txn.get(b"old.example", db=dbs[b"policies"]) == encode_entry(entry)
+    finally:
+        env.close()
+
+
+async def test_undecodable_dane_state_reads_as_missing_and_is_replaced(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path)
+    await cache.put_dane(make_dane("good.example"))
+    await cache.close()
+    env = lmdb.Environment(path, subdir=False, max_dbs=2)
+    with env.begin(write=True) as txn:
+        txn.put(b"bad.example", b"\xc1 not msgpack", db=env.open_db(b"dane", txn))
+        txn.put(b"future.example", b"\x92\x02\xa1x", db=env.open_db(b"dane", txn))
+    env.close()
+
+    cache = await open_cache(path)
+    try:
+        assert cache.get_dane_nowait("bad.example") is None
+        assert await cache.get_dane("future.example") is None
+        # A write replaces the unreadable value whatever its evaluated_at.
+        await cache.put_dane(make_dane("bad.example", evaluated_at=1.0))
+        got = cache.get_dane_nowait("bad.example")
+        assert got is not None
+        assert got.evaluated_at == 1.0
+        assert await cache.delete_dane("future.example") is False
+        assert await cache.get_dane("good.example") is not None
+    finally:
+        await cache.close()
+    assert check_dane(path) == ["bad.example", "good.example"]
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [pytest.param("", id="empty"), pytest.param("x" * 600, id="over-lmdb-key-limit")],
+)
+async def test_unstorable_dane_keys(tmp_path: Path, domain: str) -> None:
+    cache = await open_cache(str(tmp_path / "cache.lmdb"))
+    try:
+        assert cache.get_dane_nowait(domain) is None
+        await cache.put_dane(make_dane(domain))
+        assert await cache.get_dane(domain) is None
+        assert await cache.delete_dane(domain) is False
+    finally:
+        await cache.close()
+
+
+async def test_dane_states_are_bounded_soonest_expiry_first(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    now = time.time()
+    cache = await open_cache(path, max_entries=5)  # a batch of one
+    try:
+        for i in range(5):
+            await cache.put(make_entry(f"e{i}.example"))
+            await cache.put_dane(make_dane(f"d{i}.example", evaluated_at=now, ttl=100 + i))
+        # Re-evaluated, now expiring later: d0 is no longer the first to expire.
+        await cache.put_dane(make_dane("d0.example", evaluated_at=now + 1, ttl=1000))
+        await cache.put_dane(make_dane("new.example", evaluated_at=now, ttl=50))
+        assert await cache.get_dane("d1.example") is None
+        # States and policies are bounded separately.
+        assert len([e for b in await collect(cache, 10) for e in b]) == 5
+    finally:
+        await cache.close()
+    assert check_dane(path) == [
+        "d0.example",
+        "d2.example",
+        "d3.example",
+        "d4.example",
+        "new.example",
+    ]
+    assert check_consistency(path) == 5
+
+
+async def test_dane_states_are_pruned_in_several_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    now = time.time()
+    monkeypatch.setattr("mtasts_fast.cache.lmdb.store.WRITE_BATCH", 3)
+    transactions = 0
+    prune_dane = dane_module.prune_dane
+
+    def counting(*args: Any) -> tuple[int, bool]:
+        nonlocal transactions
+        transactions += 1
+        return prune_dane(*args)
+
+    monkeypatch.setattr(dane_module, "prune_dane", counting)
+    cache = await open_cache(path)
+    try:
+        for i in range(10):
+            await cache.put_dane(make_dane(f"old{i}.example", evaluated_at=1000.0 + i, ttl=60))
+        await cache.put_dane(make_dane("kept.example", evaluated_at=now))
+        # A state re-evaluated since is judged by its new expiry.
+        await cache.put_dane(make_dane("moved.example", evaluated_at=1000.0, ttl=60))
+        await cache.put_dane(make_dane("moved.example", evaluated_at=now))
+        assert await cache.prune(now) == 0  # no policy entries
+        assert transactions >= 4
+    finally:
+        await cache.close()
+    assert check_dane(path) == ["kept.example", "moved.example"]
+
+
+async def test_purge_empties_the_dane_index_and_keeps_leases(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.lmdb")
+    cache = await open_cache(path)
+    try:
+        for i in range(20):
+            await cache.put_dane(make_dane(f"d{i}.example"))
+        await cache.put(make_entry("a.example"))
+        assert await cache.acquire_lease("refresh", "worker-1", 60)
+        assert await cache.purge() == 1
+        assert not await cache.acquire_lease("refresh", "worker-2", 60)
+    finally:
+        await cache.close()
+    assert check_dane(path) == []
+    assert check_consistency(path) == 0
+
+
+async def test_full_map_evicts_dane_states_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mtasts_fast.cache.lmdb")
+    path = str(tmp_path / "cache.lmdb")
+    now = time.time()
+    names = [f"d{i}.example" for i in range(5)]  # first to expire first
+    cache = await open_cache(path, map_size=MiB)
+    try:
+        for i, name in enumerate(names):
+            await cache.put_dane(make_dane(name, evaluated_at=now, ttl=100 + i))
+        # Larger than the map: evicting is tried before growing.
+        await cache.put(big_entry("large.example", 3 * MiB // 2))
+        assert await cache.get("large.example") is not None
+        assert "1 DANE states" in caplog.text
+        assert await cache.get_dane(names[0]) is None
+    finally:
+        await cache.close()
+    left = check_dane(path)
+    assert left == names[len(names) - len(left) :]  # the latest expiries stay
+    check_consistency(path)

@@ -22,7 +22,7 @@ import pytest
 
 from mtasts_fast.cache import create_cache
 from mtasts_fast.cache.base import Cache, CacheUnavailable
-from mtasts_fast.cache.codec import encode_entry, encode_failure
+from mtasts_fast.cache.codec import encode_dane, encode_entry, encode_failure
 from mtasts_fast.cache.postgres import RETRY_INTERVAL, PostgresCache
 from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
@@ -30,6 +30,7 @@ from tests.cache_contract import (
     CachePeer,
     PersistentCacheContract,
     collect,
+    make_dane,
     make_entry,
     make_failure,
 )
@@ -376,6 +377,110 @@ async def test_failure_rows_that_do_not_decode_read_as_missing(
         await cache.close()
 
 
+# The tables of the previous release, before DANE states.
+PREVIOUS_RELEASE_SCHEMA = (
+    *FIRST_RELEASE_SCHEMA,
+    """CREATE TABLE mtasts_failures (
+        domain TEXT COLLATE "C" PRIMARY KEY,
+        data BYTEA NOT NULL,
+        retry_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX mtasts_failures_retry_at ON mtasts_failures (retry_at)",
+    """CREATE TABLE mtasts_leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    )""",
+)
+
+
+async def test_database_of_the_previous_release_gets_the_dane_table(
+    postgres_server: PostgresServer, database: str
+) -> None:
+    entry = make_entry("old.example", fetched_at=1000.0, checked_at=1500.0)
+    await admin(postgres_server, *PREVIOUS_RELEASE_SCHEMA, database=database)
+    conn = await asyncpg.connect(postgres_server.dsn(database))
+    try:
+        await conn.execute(
+            "INSERT INTO mtasts_policy VALUES ($1, $2, $3, $4)",
+            "old.example",
+            1500.0,
+            entry.expires_at,
+            encode_entry(entry),
+        )
+    finally:
+        await conn.close()
+    state = make_dane("old.example")
+    cache = await open_cache(postgres_server, database)
+    try:
+        got = await cache.get("old.example")
+        assert got is not None
+        assert got.same_as(entry)
+        assert await cache.get_dane("old.example") is None
+        await cache.put_dane(state)
+        got_state = await cache.get_dane("old.example")
+        assert got_state is not None
+        assert got_state.same_as(state)
+    finally:
+        await cache.close()
+    names = await query(
+        postgres_server,
+        database,
+        "SELECT to_regclass('mtasts_dane') IS NOT NULL,"
+        " to_regclass('mtasts_dane_expires_at') IS NOT NULL",
+    )
+    assert names == [(True, True)]
+
+
+async def test_stored_dane_row(postgres_server: PostgresServer, database: str) -> None:
+    state = make_dane("example.com", evaluated_at=1000.25, ttl=300.5)
+    cache = await open_cache(postgres_server, database)
+    try:
+        await cache.put_dane(state)
+    finally:
+        await cache.close()
+    rows = await query(
+        postgres_server, database, "SELECT domain, evaluated_at, expires_at, state FROM mtasts_dane"
+    )
+    assert rows == [("example.com", 1000.25, 1300.75, encode_dane(state))]
+    conn = await asyncpg.connect(postgres_server.dsn(database))
+    try:
+        await conn.execute("SET enable_seqscan = off")
+        plan = await conn.fetch("EXPLAIN (COSTS OFF) DELETE FROM mtasts_dane WHERE expires_at < 5")
+    finally:
+        await conn.close()
+    assert "mtasts_dane_expires_at" in " ".join(row[0] for row in plan)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(b"\xc1garbage", id="not-msgpack"),
+        pytest.param(b"\x93\x02\x01\x02", id="other-format"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+async def test_dane_rows_that_do_not_decode_read_as_missing(
+    postgres_server: PostgresServer, database: str, value: bytes
+) -> None:
+    cache = await open_cache(postgres_server, database)
+    try:
+        await cache.get_dane("bad.example")  # makes the tables
+        conn = await asyncpg.connect(postgres_server.dsn(database))
+        try:
+            await conn.execute("INSERT INTO mtasts_dane VALUES ('bad.example', 0, 0, $1)", value)
+        finally:
+            await conn.close()
+        assert await cache.get_dane("bad.example") is None
+        state = make_dane("bad.example")
+        await cache.put_dane(state)
+        got = await cache.get_dane("bad.example")
+        assert got is not None
+        assert got.same_as(state)
+    finally:
+        await cache.close()
+
+
 # --- a fleet on one database ------------------------------------------------------------
 
 
@@ -431,6 +536,7 @@ async def test_hosts_starting_together_make_the_schema_once(
         "SELECT tablename FROM pg_tables WHERE tablename LIKE 'mtasts%' ORDER BY 1",
     )
     assert tables == [
+        ("mtasts_dane",),
         ("mtasts_failures",),
         ("mtasts_leases",),
         ("mtasts_meta",),
@@ -459,7 +565,8 @@ async def test_a_role_without_create_rights_uses_tables_made_for_it(
     await admin(
         postgres_server,
         "GRANT SELECT, INSERT, UPDATE, DELETE"
-        f' ON mtasts_policy, mtasts_meta, mtasts_failures, mtasts_leases TO "{role}"',
+        " ON mtasts_policy, mtasts_meta, mtasts_failures, mtasts_leases, mtasts_dane"
+        f' TO "{role}"',
         database=database,
     )
     cache = await open_cache(postgres_server, database, user=role)
@@ -472,8 +579,11 @@ async def test_a_role_without_create_rights_uses_tables_made_for_it(
         await cache.put_failure(failure)
         assert await cache.get_failure("example.com") == failure
         assert await cache.acquire_lease("refresh", "a", 60)
+        await cache.put_dane(make_dane("example.com"))
+        assert await cache.get_dane("example.com") is not None
         assert await cache.prune(time.time()) == 0
         assert await cache.purge() == 1
+        assert await cache.get_dane("example.com") is None
     finally:
         await cache.close()
 

@@ -17,11 +17,12 @@ from typing import Any, NoReturn
 import pytest
 
 from mtasts_fast.cache.base import FAILURE_RETENTION, Cache, CacheUnavailable
-from mtasts_fast.cache.codec import encode_failure
+from mtasts_fast.cache.codec import encode_dane, encode_failure
 from tests.cache_contract import (
     CachePeer,
     PersistentCacheContract,
     collect,
+    make_dane,
     make_entry,
     make_failure,
 )
@@ -38,6 +39,7 @@ except ImportError as exc:  # the `redis` extra is not installed
 
 from mtasts_fast.cache import create_cache  # noqa: E402
 from mtasts_fast.cache.redis import (  # noqa: E402
+    DANE_PREFIX,
     FAILURE_PREFIX,
     LEASE_PREFIX,
     META_KEY,
@@ -318,6 +320,90 @@ async def test_junk_under_our_prefix_reads_as_missing(
     if replaced:
         assert got is not None
         assert got.same_as(entry)
+    else:
+        assert got is None
+
+
+async def test_dane_key_layout(cache: RedisCache, redis_server: RedisServer) -> None:
+    state = make_dane("example.com", evaluated_at=time.time() - 0.5, ttl=600.25)
+    await cache.put_dane(state)
+    key = DANE_PREFIX + b"example.com"
+    assert key == b"mtasts:dane:example.com"
+    assert redis_server.command("TYPE", key, db=3) == "hash"
+    fields = redis_server.command("HGETALL", key, db=3)
+    stored = dict(zip(fields[::2], fields[1::2], strict=True))
+    assert stored[b"v"] == encode_dane(state)
+    assert float(stored[b"c"]) == state.evaluated_at
+    assert float(stored[b"x"]) == state.expires_at
+    # Apart from the policy of the same domain.
+    assert redis_server.command("EXISTS", POLICY_PREFIX + b"example.com", db=3) == 0
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "expected_ttl"),
+    [
+        pytest.param(3600, 3600 + RETENTION, id="fresh-kept-until-expiry-plus-margin"),
+        pytest.param(30, 30 + RETENTION, id="temp-retry-kept-until-expiry-plus-margin"),
+        pytest.param(-7200, RETENTION, id="expired-kept-margin-after-the-write"),
+    ],
+)
+async def test_dane_keys_expire(
+    cache: RedisCache, redis_server: RedisServer, expires_in: int, expected_ttl: float
+) -> None:
+    now = time.time()
+    await cache.put_dane(make_dane("example.com", evaluated_at=now, expires_at=now + expires_in))
+    ttl = redis_server.command("TTL", DANE_PREFIX + b"example.com", db=3)
+    assert expected_ttl - 5 <= ttl <= expected_ttl + 2
+
+
+async def test_dane_rewrite_moves_the_expiry(cache: RedisCache, redis_server: RedisServer) -> None:
+    now = time.time()
+    await cache.put_dane(make_dane("example.com", evaluated_at=now - 10, ttl=60))
+    await cache.put_dane(make_dane("example.com", evaluated_at=now, ttl=86400))
+    ttl = redis_server.command("TTL", DANE_PREFIX + b"example.com", db=3)
+    assert 86400 + RETENTION - 5 <= ttl <= 86400 + RETENTION + 2
+
+
+async def test_dane_states_leave_foreign_keys_alone(
+    cache: RedisCache, redis_server: RedisServer
+) -> None:
+    _seed_old_daemon_keys(redis_server)
+    before = _foreign_state(redis_server)
+    now = time.time()
+    for name in ("example.com", "_metadata", "someone:else"):
+        await cache.put_dane(make_dane(name, evaluated_at=now - 1000, ttl=10))
+    assert await cache.get_dane("example.com") is not None
+    assert await cache.prune(now) == 0  # states are not counted...
+    assert await cache.get_dane("example.com") is None  # ...but pruned
+    await cache.put_dane(make_dane("example.com"))
+    assert await cache.purge() == 0
+    assert await cache.get_dane("example.com") is None
+    assert await cache.delete_dane("example.com") is False
+    assert _foreign_state(redis_server) == before
+    assert redis_server.command("DBSIZE", db=3) == 3
+
+
+@pytest.mark.parametrize(
+    ("junk", "replaced"),
+    [
+        pytest.param(("SET", "text"), True, id="string-key"),
+        pytest.param(("HSET", "other", "field"), True, id="hash-without-our-fields"),
+        # A readable, later `c` means a newer writer (another format): kept.
+        pytest.param(("HSET", "v", "not msgpack", "c", "9e99"), False, id="hash-newer-format"),
+    ],
+)
+async def test_junk_under_the_dane_prefix_reads_as_missing(
+    cache: RedisCache, redis_server: RedisServer, junk: tuple[str, ...], replaced: bool
+) -> None:
+    command, *args = junk
+    redis_server.command(command, DANE_PREFIX + b"junk.example", *args, db=3)
+    assert await cache.get_dane("junk.example") is None
+    state = make_dane("junk.example")
+    await cache.put_dane(state)
+    got = await cache.get_dane("junk.example")
+    if replaced:
+        assert got is not None
+        assert got.same_as(state)
     else:
         assert got is None
 

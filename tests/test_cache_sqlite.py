@@ -19,13 +19,14 @@ import pytest
 
 from mtasts_fast.cache import create_cache
 from mtasts_fast.cache.base import Cache, CacheUnavailable
-from mtasts_fast.cache.codec import encode_entry, encode_failure
+from mtasts_fast.cache.codec import encode_dane, encode_entry, encode_failure
 from mtasts_fast.cache.sqlite import FILE_MODE, SqliteCache
 from mtasts_fast.config import Config
 from tests.cache_contract import (
     CachePeer,
     PersistentCacheContract,
     collect,
+    make_dane,
     make_entry,
     make_failure,
 )
@@ -120,6 +121,7 @@ async def test_write_lock_held_elsewhere_fails_writes_in_time_reads_go_on(tmp_pa
     try:
         await cache.put(make_entry("kept.example"))
         await cache.put_failure(make_failure("kept.example"))
+        await cache.put_dane(make_dane("kept.example"))
         with lock_held(path, "BEGIN EXCLUSIVE"):
             message = await fails_within(cache.put(make_entry("new.example")), 0.3, 2.0)
             assert str(path) in message
@@ -129,9 +131,12 @@ async def test_write_lock_held_elsewhere_fails_writes_in_time_reads_go_on(tmp_pa
             await fails_within(cache.put_failure(make_failure("new.example")), 0.3, 2.0)
             await fails_within(cache.acquire_lease("refresh", "a", 60), 0.3, 2.0)
             await fails_within(cache.release_lease("refresh", "a"), 0.3, 2.0)
+            await fails_within(cache.put_dane(make_dane("new.example")), 0.3, 2.0)
+            await fails_within(cache.delete_dane("kept.example"), 0.3, 2.0)
             # WAL: readers do not wait for a writer, even an exclusive one.
             assert await cache.get("kept.example") is not None
             assert await cache.get_failure("kept.example") is not None
+            assert await cache.get_dane("kept.example") is not None
             assert [len(b) for b in await collect(cache, 10)] == [1]
         await cache.put(make_entry("new.example"))
         assert await cache.get("new.example") is not None
@@ -414,6 +419,96 @@ async def test_failure_rows_that_do_not_decode_read_as_missing(
         failure = make_failure("bad.example")
         await cache.put_failure(failure)
         assert await cache.get_failure("bad.example") == failure
+    finally:
+        await cache.close()
+
+
+# The tables of the previous release, before DANE states.
+PREVIOUS_RELEASE_SCHEMA = (
+    *FIRST_RELEASE_SCHEMA,
+    """CREATE TABLE mtasts_failures (
+        domain TEXT NOT NULL PRIMARY KEY,
+        data BLOB NOT NULL,
+        retry_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX mtasts_failures_retry_at ON mtasts_failures (retry_at)",
+    """CREATE TABLE mtasts_leases (
+        name TEXT NOT NULL PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+
+async def test_file_of_the_previous_release_gets_the_dane_table(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    entry = make_entry("old.example", fetched_at=1000.0, checked_at=1500.0)
+    failure = make_failure("old.example")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for statement in PREVIOUS_RELEASE_SCHEMA:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO mtasts_policy VALUES (?, ?, ?, ?)",
+            ("old.example", 1500.0, entry.expires_at, encode_entry(entry)),
+        )
+        conn.execute(
+            "INSERT INTO mtasts_failures VALUES (?, ?, ?)",
+            ("old.example", encode_failure(failure), failure.retry_at),
+        )
+        conn.commit()
+    state = make_dane("old.example")
+    cache = await open_cache(path)
+    try:
+        got = await cache.get("old.example")
+        assert got is not None
+        assert got.same_as(entry)
+        assert await cache.get_failure("old.example") == failure
+        assert await cache.get_dane("old.example") is None
+        await cache.put_dane(state)
+        got_state = await cache.get_dane("old.example")
+        assert got_state is not None
+        assert got_state.same_as(state)
+    finally:
+        await cache.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"mtasts_dane", "mtasts_dane_expires_at"} <= names
+
+
+async def test_stored_dane_row(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    state = make_dane("example.com", evaluated_at=1000.25, ttl=300.5)
+    cache = await open_cache(path)
+    try:
+        await cache.put_dane(state)
+    finally:
+        await cache.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT domain, evaluated_at, expires_at, state FROM mtasts_dane")
+        assert rows.fetchall() == [("example.com", 1000.25, 1300.75, encode_dane(state))]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(b"\xc1garbage", id="not-msgpack"),
+        pytest.param(b"\x93\x02\x01\x02", id="other-format"),
+        pytest.param("text, not bytes", id="text-value"),
+    ],
+)
+async def test_dane_rows_that_do_not_decode_read_as_missing(tmp_path: Path, value: object) -> None:
+    path = tmp_path / "cache.db"
+    cache = await open_cache(path)
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("INSERT INTO mtasts_dane VALUES ('bad.example', 0, 0, ?)", (value,))
+            conn.commit()
+        assert await cache.get_dane("bad.example") is None
+        state = make_dane("bad.example")
+        await cache.put_dane(state)
+        got = await cache.get_dane("bad.example")
+        assert got is not None
+        assert got.same_as(state)
     finally:
         await cache.close()
 

@@ -12,9 +12,11 @@ import pytest
 import yaml
 
 from mtasts_fast.cache import create_cache
+from mtasts_fast.cache.json_form import dane_to_json
 from mtasts_fast.cachecli import Progress, entry_from_json, entry_to_json, main
 from mtasts_fast.config import Config
-from tests.cache_contract import make_entry
+from mtasts_fast.dane.state import DaneHost, DaneState
+from tests.cache_contract import make_dane, make_entry
 from tests.servers.world import World
 
 
@@ -25,13 +27,15 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
-def _seed(config_file: Path, *domains: str) -> None:
+def _seed(config_file: Path, *domains: str, dane: tuple[DaneState, ...] = ()) -> None:
     async def run() -> None:
         config = Config.from_yaml(config_file)
         cache = create_cache(config.cache, config.filename)
         await cache.setup()
         for domain in domains:
             await cache.put(make_entry(domain, fetched_at=time.time()))
+        for state in dane:
+            await cache.put_dane(state)
         await cache.close()
 
     asyncio.run(run())
@@ -57,6 +61,122 @@ def test_list_show_purge(config_file: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["-c", str(config_file), "show", "a.example"]) == 1
     assert main(["-c", str(config_file), "purge", "--all"]) == 0
     assert "purged 1 entries" in capsys.readouterr().out
+
+
+_MIXED = (
+    DaneHost("mx1.mixed.example", "dane", "TLSA 3 1 1: usable"),
+    DaneHost("mx2.mixed.example", "no-tlsa", "secure NODATA for _25._tcp.mx2.mixed.example"),
+    DaneHost("mx3.mixed.example", "missing", ""),
+)
+
+
+def test_show_prints_the_dane_state(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    now = time.time()
+    state = make_dane(
+        "mixed.example",
+        decision="dane",
+        reason="1 of 2 MX hosts has usable TLSA",
+        hosts=_MIXED,
+        evaluated_at=now - 60,
+        ttl=3600,
+    )
+    _seed(config_file, "mixed.example", dane=(state,))
+    assert main(["-c", str(config_file), "show", "mixed.example"]) == 0
+    out = capsys.readouterr().out
+    assert "policy id:   20240101T000000" in out  # the policy is still shown
+    assert "DANE:        dane (1 of 2 MX hosts has usable TLSA)" in out
+    assert "MX host:     mx1.mixed.example dane: TLSA 3 1 1: usable" in out
+    assert (
+        "MX host:     mx2.mixed.example no-tlsa: secure NODATA for _25._tcp.mx2.mixed.example"
+        in out
+    )
+    assert "MX host:     mx3.mixed.example missing\n" in out
+    hosts = [line.split()[2] for line in out.splitlines() if line.startswith("MX host:")]
+    assert hosts == ["mx1.mixed.example", "mx2.mixed.example", "mx3.mixed.example"]
+    assert "evaluated:   " in out
+    assert "Postfix gets the dane answer, not the policy's" in out
+    re_evaluate = next(line for line in out.splitlines() if line.startswith("re-evaluate:"))
+    assert "(in 35" in re_evaluate  # about 3540 s
+
+    assert main(["-c", str(config_file), "show", "--json", "mixed.example"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["dane"] == dane_to_json(state)
+    assert [host["status"] for host in shown["dane"]["hosts"]] == ["dane", "no-tlsa", "missing"]
+    assert shown["policy_id"] == "20240101T000000"
+
+
+def test_show_a_domain_with_only_a_dane_state(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A DANE domain without MTA-STS: cached, so status 0.
+    state = make_dane(
+        "temp.example",
+        decision="temp",
+        reason="TLSA _25._tcp.mx1.temp.example: SERVFAIL from the validating resolver",
+        hosts=(),
+        evaluated_at=time.time() - 120,
+        ttl=30,
+    )
+    insecure = make_dane("insecure.example", decision="none", reason="MX RRset insecure", hosts=())
+    _seed(config_file, "policy.example", "insecure.example", dane=(state, insecure))
+    assert main(["-c", str(config_file), "show", "temp.example"]) == 0
+    out = capsys.readouterr().out
+    assert "policy:      (none cached)" in out
+    assert "DANE:        temp (TLSA _25._tcp.mx1.temp.example: SERVFAIL" in out
+    assert "MX hosts:    (none looked at)" in out
+    assert "s ago: evaluated again at the next lookup)" in out
+    assert main(["-c", str(config_file), "show", "--json", "temp.example"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {"domain": "temp.example", "last_failure": None, "dane": dane_to_json(state)}
+    # A policy without a DANE state says so.
+    assert main(["-c", str(config_file), "show", "policy.example"]) == 0
+    out = capsys.readouterr().out
+    assert "DANE:        (none cached)" in out
+    assert "DANE comes first" not in out
+    # DANE does not apply: the policy's reply is the daemon's.
+    assert main(["-c", str(config_file), "show", "insecure.example"]) == 0
+    out = capsys.readouterr().out
+    assert "DANE:        none (MX RRset insecure)" in out
+    assert "DANE comes first" not in out
+    assert main(["-c", str(config_file), "show", "--json", "policy.example"]) == 0
+    assert json.loads(capsys.readouterr().out)["dane"] is None
+
+
+def test_purge_forgets_dane_states(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _seed(
+        config_file,
+        "both.example",
+        dane=(make_dane("both.example"), make_dane("dane.example"), make_dane("other.example")),
+    )
+    # A domain with only a DANE state is cached: purging it succeeds.
+    assert main(["-c", str(config_file), "purge", "dane.example", "both.example"]) == 0
+    out = capsys.readouterr().out
+    assert "dane.example: purged" in out
+    assert "both.example: purged" in out
+    for domain in ("dane.example", "both.example"):
+        assert main(["-c", str(config_file), "show", domain]) == 1
+        assert f"{domain}: not cached" in capsys.readouterr().err
+    assert main(["-c", str(config_file), "show", "other.example"]) == 0
+    capsys.readouterr()
+    assert main(["-c", str(config_file), "purge", "--all"]) == 0
+    assert "purged 0 entries" in capsys.readouterr().out  # policies are counted
+    assert main(["-c", str(config_file), "show", "other.example"]) == 1
+
+
+def test_dane_states_are_not_listed_or_exported(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They describe the DNS of the last hours, not a published policy: a new
+    # cache evaluates the domains again at their next lookup.
+    _seed(config_file, "a.example", dane=(make_dane("a.example"), make_dane("dane.example")))
+    dump = tmp_path / "dump.jsonl"
+    assert main(["-c", str(config_file), "export", str(dump)]) == 0
+    assert [json.loads(line)["domain"] for line in dump.read_text().splitlines()] == ["a.example"]
+    assert "dane" not in json.loads(dump.read_text())
+    assert main(["-c", str(config_file), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "a.example" in out
+    assert "dane.example" not in out
 
 
 def test_export_import_round_trip(

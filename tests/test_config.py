@@ -60,9 +60,12 @@ DEFAULTS: dict[str, object] = {
     "default_zone.timeout": 4.0,
     "default_zone.require_sni": True,
     "default_zone.tlsrpt": False,
+    "default_zone.dane": "precedence",
     "zones": {},
     "nameservers": (),
     "ca_file": None,
+    "dnssec_probe_name": ".",
+    "dnssec_probe_interval": 3600.0,
 }
 
 
@@ -598,6 +601,18 @@ def test_tlsrpt_testing_level_values(level: str) -> None:
             id="nameservers-canonical",
         ),
         pytest.param("nameservers: []", "nameservers", (), id="nameservers-empty"),
+        # DANE comes first (DESIGN.md §7); YAML 1.1 reads an unquoted off as false.
+        pytest.param("default_zone: {dane: all}", "default_zone.dane", "all", id="dane-all"),
+        pytest.param("default_zone: {dane: off}", "default_zone.dane", "off", id="dane-off-bool"),
+        pytest.param("zones: {z: {dane: 'off'}}", "zones.z.dane", "off", id="dane-off-quoted"),
+        pytest.param("zones: {z: {}}", "zones.z.dane", "precedence", id="dane-zone-default"),
+        pytest.param("dnssec_probe_name: .", "dnssec_probe_name", ".", id="probe-root"),
+        pytest.param(
+            "dnssec_probe_name: Dane.Test.", "dnssec_probe_name", "dane.test", id="probe-name"
+        ),
+        pytest.param(
+            "dnssec_probe_interval: 60", "dnssec_probe_interval", 60.0, id="probe-interval"
+        ),
     ],
 )
 def test_accepted_values(tmp_path: Path, text: str, key: str, expected: object) -> None:
@@ -1018,6 +1033,39 @@ REJECTED = [
     pytest.param("a: 1\n---\nb: 2\n", "", "invalid YAML at line 2", id="yaml-two-documents"),
     pytest.param("host: !!python/name:os.system\n", "", "invalid YAML", id="yaml-python-tag"),
     pytest.param("host: 2024-13-45\n", "", "invalid YAML", id="yaml-impossible-date"),
+    pytest.param(
+        "default_zone: {dane: on}",
+        "default_zone.dane",
+        "expected one of precedence, all, off, got true",
+        id="dane-on",
+    ),
+    pytest.param(
+        "zones: {z: {dane: sometimes}}",
+        "zones.z.dane",
+        "expected one of precedence, all, off, got 'sometimes'",
+        id="dane-unknown-mode",
+    ),
+    pytest.param(
+        "dane: all",
+        "dane",
+        "zone settings go under default_zone or zones.<name>: default_zone.dane",
+        id="dane-at-top-level",
+    ),
+    pytest.param(
+        "dnssec_probe_name: 'dane test'",
+        "dnssec_probe_name",
+        "expected a DNS name such as example.org or '.', got 'dane test'",
+        id="probe-name-with-space",
+    ),
+    pytest.param(
+        "dnssec_probe_name: 192.0.2.1:53",
+        "dnssec_probe_name",
+        "expected a DNS name",
+        id="probe-name-is-not-a-server",
+    ),
+    pytest.param(
+        "dnssec_probe_interval: 0", "dnssec_probe_interval", "greater than 0", id="probe-interval-0"
+    ),
 ]
 
 
@@ -1334,3 +1382,23 @@ def test_old_config_sizing_internal_cache_without_type(tmp_path: Path) -> None:
     config = Config.from_yaml(config_file)
     assert config.cache.type == "internal"
     assert config.cache.options["cache_size"] == 500
+
+
+@pytest.mark.parametrize(
+    ("data", "uses"),
+    [
+        pytest.param({}, True, id="default-precedence"),
+        pytest.param({"default_zone": {"dane": "off"}}, False, id="all-off"),
+        pytest.param(
+            {"default_zone": {"dane": "off"}, "zones": {"z": {"dane": "all"}}},
+            True,
+            id="one-zone-on",
+        ),
+        pytest.param(
+            {"default_zone": {"dane": "off"}, "zones": {"z": {"dane": "off"}}}, False, id="none"
+        ),
+    ],
+)
+def test_uses_dane(data: dict[str, Any], uses: bool) -> None:
+    # A worker builds a DANE resolver and probe only when some zone needs them.
+    assert Config.from_mapping(data).uses_dane is uses

@@ -105,7 +105,7 @@ def test_page_builds_without_warnings(name: str, tmp_path: Path) -> None:
 # -- the configuration page matches config.py and defaults.py -----------------------------------
 
 YML = "mta-sts-daemon.yml.5"
-TOP_SECTIONS = ("LISTENER", "POLICY CACHE AND FETCHING", "LOCAL OVERRIDES")
+TOP_SECTIONS = ("LISTENER", "POLICY CACHE AND FETCHING", "LOCAL OVERRIDES", "DANE")
 
 # Keys whose default is one value (the others: "not set", CPU count, ...).
 TOP_DEFAULTS: dict[str, object] = {
@@ -120,6 +120,8 @@ TOP_DEFAULTS: dict[str, object] = {
     "negative_ttl": defaults.NEGATIVE_TTL,
     "fetch_backoff_max": defaults.FETCH_BACKOFF_MAX,
     "max_concurrent_fetches": defaults.MAX_CONCURRENT_FETCHES,
+    "dnssec_probe_name": defaults.DNSSEC_PROBE_NAME,
+    "dnssec_probe_interval": defaults.DNSSEC_PROBE_INTERVAL,
 }
 ZONE_DEFAULTS: dict[str, object] = {
     "strict_testing": defaults.STRICT_TESTING,
@@ -127,6 +129,7 @@ ZONE_DEFAULTS: dict[str, object] = {
     "require_sni": defaults.REQUIRE_SNI,
     "tlsrpt": defaults.TLSRPT,
     "tlsrpt_testing_level": defaults.TLSRPT_TESTING_LEVEL,
+    "dane": defaults.DANE,
 }
 PROACTIVE_DEFAULTS: dict[str, object] = {
     "enabled": defaults.PROACTIVE_ENABLED,
@@ -217,6 +220,7 @@ def test_every_documented_key_exists() -> None:
     known = {
         "LISTENER": set(config._TOP_KEYS),
         "POLICY CACHE AND FETCHING": set(config._TOP_KEYS),
+        "DANE": set(config._TOP_KEYS),
         "ZONES": set(config._ZONE_KEYS),
         "PROACTIVE POLICY FETCHING": {
             f"proactive_policy_fetching.{k}" for k in config._PROACTIVE_KEYS

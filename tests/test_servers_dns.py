@@ -213,6 +213,22 @@ async def test_nodata_and_nxdomain(server: DnsServer, zone: Zone) -> None:
     assert (missing.header.rcode, missing.rr) == (RCODE.NXDOMAIN, [])
 
 
+@pytest.mark.parametrize("tcp", [pytest.param(False, id="udp"), pytest.param(True, id="tcp")])
+async def test_never_claims_an_authenticated_answer(
+    server: DnsServer, zone: Zone, tcp: bool
+) -> None:
+    # A query with AD and CD set (RFC 6840 §5.7, §5.9) must not get them back:
+    # this server validates nothing, and the DANE tests read the AD bit.
+    zone.set("host.example", "A", ["192.0.2.1"])
+    question = DNSRecord.question("host.example", "A")
+    question.header.ad = 1
+    question.header.cd = 1
+    raw = await asyncio.to_thread(question.send, server.host, server.port, tcp=tcp, timeout=5)
+    reply = DNSRecord.parse(raw)
+    assert [str(rr.rdata) for rr in reply.rr] == ["192.0.2.1"]
+    assert (reply.header.ad, reply.header.cd) == (0, 0)
+
+
 @pytest.mark.parametrize(
     ("rtype", "values"),
     [

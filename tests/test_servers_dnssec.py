@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.servers.dnssec import (
     BOGUS_TLSA_HOSTS,
+    STS_ID,
     DaneCase,
     DaneCatalogue,
     DnssecTree,
@@ -50,6 +51,7 @@ from tests.servers.dnssec import (
 
 REQUIRE_ALL = os.environ.get("MTASTS_REQUIRE_ALL", "").strip() not in ("", "0")
 ANCHOR = "dane.test"
+STS_IP = "127.0.0.10"
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -88,7 +90,7 @@ def dane(
     from tests.servers.dnssec import add_dane_catalogue
 
     tree = _new_tree(tmp_path_factory.mktemp("dnssec"))
-    catalogue = add_dane_catalogue(tree, certs.ee_pem, certs.ca_pem)
+    catalogue = add_dane_catalogue(tree, certs.ee_pem, certs.ca_pem, mta_sts_ip=STS_IP)
     tree.start()
     try:
         yield tree, catalogue
@@ -234,6 +236,11 @@ SECURE = [
     ),
     pytest.param("_25._tcp.mx2.nxdomain-mx.dane.test", "TLSA", _ee, id="nxdomain-mx-tlsa-mx2"),
     pytest.param("null-mx.dane.test", "MX", _mx("0 ."), id="null-mx"),
+    # MTA-STS discovery records beside the DANE ones (RFC 8461 §3.1).
+    pytest.param(
+        "_mta-sts.tlsa-3-1-1.dane.test", "TXT", _mx(f'"v=STSv1; id={STS_ID};"'), id="sts-txt"
+    ),
+    pytest.param("mta-sts.mixed.dane.test", "A", _mx(STS_IP), id="sts-host-a"),
 ]
 
 
@@ -364,6 +371,10 @@ def test_names_outside_the_tree_are_refused(tree: DnssecTree) -> None:
 
 def test_catalogue_names_are_stable(catalogue: DaneCatalogue) -> None:
     assert catalogue.domains == {case: f"{case.value}.{ANCHOR}" for case in DaneCase}
+    # Every mail domain that exists publishes MTA-STS discovery records.
+    assert set(catalogue.mta_sts) == {
+        domain for case, domain in catalogue.domains.items() if case is not DaneCase.NXDOMAIN
+    }
     assert catalogue.mx_hosts[DaneCase.TLSA_3_1_1] == (
         "mx1.tlsa-3-1-1.dane.test",
         "mx2.tlsa-3-1-1.dane.test",

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from mtasts_fast.dane.state import DaneState
 from mtasts_fast.policy import Policy
 
 __all__ = ["SCAN_BATCH", "Cache", "CacheEntry", "CacheUnavailable", "FetchFailure"]
@@ -135,14 +136,26 @@ class Cache(abc.ABC):
 
     @abc.abstractmethod
     async def purge(self) -> int:
-        """Delete every policy entry; return how many there were."""
+        """Delete every policy entry; return how many there were.
+
+        Failure records and DANE states go too, so that every purged domain
+        is fetched and evaluated afresh; leases stay (they are not cached
+        data). Only policy entries are counted.
+        """
 
     @abc.abstractmethod
     async def prune(self, older_than: float) -> int:
         """Delete entries whose policy expired before ``older_than``; return the count.
 
         Keeps shared backends from growing for ever (postfix-mta-sts-resolver's
-        never shrink).
+        never shrink). Also deletes the DANE states that expired before
+        ``older_than`` and the failure records ``FAILURE_RETENTION`` past
+        their retry time; only policy entries are counted.
+
+        The periodic prune passes now minus ``maintenance.PRUNE_RETENTION``
+        (one day). That is also how long past its expiry the responder may
+        still answer from a DANE state while it revalidates the domain in the
+        background, so a state is never pruned while it may be served.
         """
 
     @abc.abstractmethod
@@ -170,6 +183,34 @@ class Cache(abc.ABC):
     @abc.abstractmethod
     async def delete_failure(self, domain: str) -> bool:
         """Forget ``domain``'s failure record; True if there was one."""
+
+    # -- DANE states (DESIGN.md §7): one per domain, shared like the entries -----
+
+    def get_dane_nowait(self, domain: str) -> DaneState | None:
+        """Like ``get_dane``, without waiting; only if ``synchronous_reads``.
+
+        A backend that memoises decoded states returns the same object while
+        the stored state is unchanged, so replies rendered on it are kept.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no synchronous reads")
+
+    @abc.abstractmethod
+    async def get_dane(self, domain: str) -> DaneState | None:
+        """The DANE state of ``domain``, or None (also when unreadable)."""
+
+    @abc.abstractmethod
+    async def put_dane(self, state: DaneState) -> None:
+        """Store ``state`` under ``state.domain``, replacing the previous one.
+
+        Never replaces a state whose ``evaluated_at`` is newer than the one
+        written (another worker or host got there first). A state is kept
+        until ``prune`` passes its ``expires_at`` (Redis: a key TTL of
+        ``expires_at`` plus a day, the same retention).
+        """
+
+    @abc.abstractmethod
+    async def delete_dane(self, domain: str) -> bool:
+        """Forget ``domain``'s DANE state; True if there was one."""
 
     # -- leases: one process at a time, across workers and hosts ------------------
 

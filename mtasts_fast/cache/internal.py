@@ -1,4 +1,9 @@
-"""In-process LRU cache (``cache.type: internal``), lost on restart."""
+"""In-process LRU cache (``cache.type: internal``), lost on restart.
+
+Policy entries, failure records and DANE states are bounded separately, each
+by ``cache_size``: a flood of distinct broken or DANE-signed domains must
+not push out working policies, nor grow a worker without end.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import ClassVar
 
 from mtasts_fast.cache.base import FAILURE_RETENTION, SCAN_BATCH, Cache, CacheEntry, FetchFailure
+from mtasts_fast.dane.state import DaneState
 
 __all__ = ["InternalCache"]
 
@@ -26,6 +32,9 @@ class InternalCache(Cache):
         # Failure records are bounded like the entries: a flood of distinct
         # broken domains must not grow a worker without end.
         self._failures: OrderedDict[str, FetchFailure] = OrderedDict()
+        # The states themselves, not copies: a hit returns the object put,
+        # with the replies the responder rendered on it.
+        self._dane: OrderedDict[str, DaneState] = OrderedDict()
         self._leases: dict[str, tuple[str, float]] = {}
 
     def __len__(self) -> int:
@@ -61,7 +70,9 @@ class InternalCache(Cache):
     async def purge(self) -> int:
         count = len(self._entries)
         self._entries.clear()
-        self._failures.clear()  # a purged domain is fetched at its next lookup
+        # A purged domain is fetched and evaluated at its next lookup.
+        self._failures.clear()
+        self._dane.clear()
         return count
 
     async def prune(self, older_than: float) -> int:
@@ -73,6 +84,9 @@ class InternalCache(Cache):
         ]
         for domain in stale:
             del self._failures[domain]
+        gone = [d for d, state in self._dane.items() if state.expires_at < older_than]
+        for domain in gone:
+            del self._dane[domain]
         return len(expired)
 
     async def get_proactive_ts(self) -> float:
@@ -92,6 +106,27 @@ class InternalCache(Cache):
 
     async def delete_failure(self, domain: str) -> bool:
         return self._failures.pop(domain, None) is not None
+
+    def get_dane_nowait(self, domain: str) -> DaneState | None:
+        state = self._dane.get(domain)
+        if state is not None:
+            self._dane.move_to_end(domain)
+        return state
+
+    async def get_dane(self, domain: str) -> DaneState | None:
+        return self.get_dane_nowait(domain)
+
+    async def put_dane(self, state: DaneState) -> None:
+        old = self._dane.get(state.domain)
+        if old is not None and old.evaluated_at > state.evaluated_at:
+            return
+        self._dane[state.domain] = state
+        self._dane.move_to_end(state.domain)
+        while len(self._dane) > self._size:
+            self._dane.popitem(last=False)
+
+    async def delete_dane(self, domain: str) -> bool:
+        return self._dane.pop(domain, None) is not None
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         # Per process: nothing else shares this cache.

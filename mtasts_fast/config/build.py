@@ -16,6 +16,7 @@ from .sections import Section
 from .values import (
     boolean,
     describe,
+    dns_name,
     fail,
     file_mode,
     integer,
@@ -58,6 +59,8 @@ TOP_KEYS = (
     "nameservers",
     "ca_file",
     "policy_overrides",
+    "dnssec_probe_name",
+    "dnssec_probe_interval",
 )
 
 
@@ -137,4 +140,8 @@ def build_config(data: object, filename: str) -> Config:
         ca_file=top.optional("ca_file", string),
         # The file itself is read by overrides.py (--check-config, start, reload).
         policy_overrides=top.optional("policy_overrides", string),
+        dnssec_probe_name=top.get("dnssec_probe_name", dns_name, defaults.DNSSEC_PROBE_NAME),
+        dnssec_probe_interval=top.get(
+            "dnssec_probe_interval", positive, defaults.DNSSEC_PROBE_INTERVAL
+        ),
     )

@@ -19,6 +19,8 @@ from .yaml_loader import load_yaml
 
 #: Every valid ``cache.type``, in the order error messages list them.
 CACHE_TYPES = ("internal", "lmdb", "sqlite", "redis", "redis_sentinel", "postgres")
+#: Every valid zone ``dane`` setting (DESIGN.md §7), the default first.
+DANE_MODES = ("precedence", "all", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,8 @@ class ZoneConfig:
     require_sni: bool = defaults.REQUIRE_SNI
     tlsrpt: bool = defaults.TLSRPT
     tlsrpt_testing_level: str = defaults.TLSRPT_TESTING_LEVEL
+    #: One of :data:`DANE_MODES`.
+    dane: str = defaults.DANE
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,8 @@ class Config:
     nameservers: tuple[str, ...]
     ca_file: str | None
     policy_overrides: str | None = defaults.POLICY_OVERRIDES
+    dnssec_probe_name: str = defaults.DNSSEC_PROBE_NAME
+    dnssec_probe_interval: float = defaults.DNSSEC_PROBE_INTERVAL
 
     @classmethod
     def from_yaml(cls, filename: str | os.PathLike[str]) -> Config:
@@ -140,3 +146,8 @@ class Config:
         from .zones import socketmap_zones
 
         return socketmap_zones(self.default_zone, self.zones).get(map_name, self.default_zone)
+
+    @property
+    def uses_dane(self) -> bool:
+        """True when some zone (the default one included) evaluates DANE."""
+        return any(z.dane != "off" for z in (self.default_zone, *self.zones.values()))

@@ -205,6 +205,21 @@ def nameserver(value: object, path: str) -> str:
     return f"[{address}]:{number}" if address.version == 6 else f"{address}:{number}"
 
 
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def dns_name(value: object, path: str) -> str:
+    """An absolute DNS name in A-label form, returned without the trailing dot ("." is the root)."""
+    text = string(value, path).strip()
+    if text == ".":
+        return text
+    name = text[:-1] if text.endswith(".") else text
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        fail(path, f"expected a DNS name such as example.org or '.', got {describe(text)}")
+    return name.lower()
+
+
 def url(schemes: tuple[str, ...]) -> Parse[str]:
     def parse(value: object, path: str) -> str:
         text = string(value, path)

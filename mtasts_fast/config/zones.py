@@ -16,11 +16,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from .. import defaults
-from .model import ZoneConfig
+from .model import DANE_MODES, ZoneConfig
 from .sections import Section, join_path
-from .values import boolean, describe, fail, one_of, positive
-
-ZONE_KEYS = ("strict_testing", "timeout", "require_sni", "tlsrpt", "tlsrpt_testing_level")
+from .values import boolean, describe, fail, one_of, positive, string
 
 #: ``tlsrpt_testing_level``: NOTFOUND, or the Postfix level a testing policy is
 #: reported at (README "Postfix 3.10 and TLSRPT" explains each).
@@ -29,6 +27,28 @@ TESTING_LEVELS = ("notfound", "may", "encrypt", "dane")
 #: postfix-tlspol's socketmap names (its README's ``main.cf`` lines).
 TLSPOL_QUERY = "QUERY"
 TLSPOL_QUERY_WITH_TLSRPT = "QUERYwithTLSRPT"
+
+
+def dane_mode(value: object, path: str) -> str:
+    if value is False:
+        # YAML 1.1 reads an unquoted `off` as false.
+        return "off"
+    if isinstance(value, bool):
+        fail(path, f"expected one of {', '.join(DANE_MODES)}, got {describe(value)}")
+    text = string(value, path)
+    if text not in DANE_MODES:
+        fail(path, f"expected one of {', '.join(DANE_MODES)}, got {describe(text)}")
+    return text
+
+
+ZONE_KEYS = (
+    "strict_testing",
+    "timeout",
+    "require_sni",
+    "tlsrpt",
+    "tlsrpt_testing_level",
+    "dane",
+)
 
 
 def zone_config(value: object, path: str) -> ZoneConfig:
@@ -43,6 +63,7 @@ def zone_config(value: object, path: str) -> ZoneConfig:
         tlsrpt_testing_level=section.get(
             "tlsrpt_testing_level", one_of(TESTING_LEVELS), defaults.TLSRPT_TESTING_LEVEL
         ),
+        dane=section.get("dane", dane_mode, defaults.DANE),
     )
 
 

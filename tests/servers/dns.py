@@ -153,6 +153,11 @@ class Zone:
 
     def answer(self, request: DNSRecord) -> DNSRecord:
         reply = request.reply()
+        # dnslib copies the request's flags: a query with AD set (RFC 6840
+        # §5.7) would come back "authenticated" from a server that validates
+        # nothing. Like any non-validating resolver, never set AD or CD.
+        reply.header.ad = 0
+        reply.header.cd = 0
         qname = str(request.q.qname)
         qtype = QTYPE.get(request.q.qtype, str(request.q.qtype))
         with self._lock:

@@ -44,7 +44,6 @@ fixed cases of :class:`DaneCase` that the DANE tests share.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import enum
 import hashlib
@@ -80,8 +79,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.servers.netns import enter_netns
+
 __all__ = [
     "DEFAULT_ANCHOR",
+    "STS_ID",
     "DaneCase",
     "DaneCatalogue",
     "DnssecTree",
@@ -101,7 +103,6 @@ DEFAULT_ANCHOR = "dane.test."
 _START_TIMEOUT = 10.0
 _TTL = 300
 _SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
-CLONE_NEWNET = 0x40000000  # <sched.h>; os.setns arrives only in Python 3.12
 ResolverName = Literal["validating", "non_validating", "authoritative"]
 
 
@@ -193,6 +194,7 @@ class TreeZone:
     origin: dns.name.Name
     signing: Signing = Signing.SECURE
     _records: list[tuple[str, str, str, int]] = field(default_factory=list)
+    _raw: list[tuple[str, str, bytes, int]] = field(default_factory=list)
     _corrupt: set[tuple[dns.name.Name, dns.rdatatype.RdataType]] = field(default_factory=set)
     _frozen: bool = False
 
@@ -219,6 +221,21 @@ class TreeZone:
             # Parsed now so a typo fails in the test that wrote it.
             dns.rdata.from_text(dns.rdataclass.IN, rtype, text, origin=self.origin)
             self._records.append((owner, rtype, text, ttl))
+        return self
+
+    def add_raw(self, owner: str, rtype: str, data: bytes, *, ttl: int = _TTL) -> TreeZone:
+        """One record of ``rtype`` given as its wire-format rdata, unchecked.
+
+        For records dnspython refuses to build, e.g. a TLSA record whose
+        data has the wrong length for its matching type (RFC 6698 §2.1.3):
+        the zone file holds it in RFC 3597 ``\\#`` form, signed like any other.
+        """
+        if self._frozen:
+            raise RuntimeError("the tree has started: zones can no longer change")
+        if not self._owner(owner).is_subdomain(self.origin):
+            raise ValueError(f"{self._owner(owner)} is not in zone {self.origin}")
+        dns.rdatatype.from_text(rtype)
+        self._raw.append((owner, rtype, data, ttl))
         return self
 
     def a(self, owner: str, *addresses: str) -> TreeZone:
@@ -298,6 +315,11 @@ def _build_zone(
             put(name, rtype, text, _TTL)
         for owner, rtype, text, ttl in spec._records:
             put(spec._owner(owner), rtype, text, ttl)
+        for owner, rtype, data, ttl in spec._raw:
+            generic = dns.rdata.GenericRdata(
+                dns.rdataclass.IN, dns.rdatatype.from_text(rtype), data
+            )
+            txn.add(spec._owner(owner), ttl, generic)
     if key is None:
         return zone
 
@@ -348,18 +370,6 @@ def _corrupt_signatures(zone: dns.zone.Zone, spec: TreeZone) -> None:
 # --- processes -----------------------------------------------------------------------
 
 
-def _enter_netns(name: str) -> None:
-    """Move the calling thread (only it) into network namespace ``name``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"setns({name}): {os.strerror(errno)}")
-    finally:
-        os.close(fd)
-
-
 def _in_netns(netns: str | None, fn: Callable[[], _T]) -> _T:
     """``fn()``, run in a fresh thread inside ``netns`` (a namespace is per thread)."""
     if netns is None:
@@ -369,7 +379,7 @@ def _in_netns(netns: str | None, fn: Callable[[], _T]) -> _T:
 
     def run() -> None:
         try:
-            _enter_netns(netns)
+            enter_netns(netns)
             result.append(fn())
         except BaseException as exc:
             failure.append(exc)
@@ -837,6 +847,11 @@ class DaneCase(enum.StrEnum):
 BOGUS_TLSA_HOSTS = "bogus-tlsa-hosts"
 
 
+#: The policy id of the ``_mta-sts`` TXT records :func:`add_dane_catalogue`
+#: publishes when given ``mta_sts_ip``.
+STS_ID = "dane20240101"
+
+
 @dataclass(frozen=True)
 class DaneCatalogue:
     """What :func:`add_dane_catalogue` published.
@@ -845,6 +860,7 @@ class DaneCatalogue:
     order (the domain itself for the implicit MX, none for the Null MX and
     NXDOMAIN, and ``missing.<domain>`` included though it does not exist);
     ``addresses`` maps every host that has an A record to its IPv4 address.
+    ``mta_sts`` lists the domains that got MTA-STS discovery records.
     """
 
     domains: dict[DaneCase, str]
@@ -852,6 +868,7 @@ class DaneCatalogue:
     addresses: dict[str, str]
     ee_tlsa: str
     ta_tlsa: str
+    mta_sts: tuple[str, ...] = ()
 
 
 def _sequential_addresses() -> Callable[[str], str]:
@@ -865,6 +882,7 @@ def add_dane_catalogue(
     ca_cert_pem: bytes | str,
     *,
     address: Callable[[str], str] | None = None,
+    mta_sts_ip: str | None = None,
 ) -> DaneCatalogue:
     """Declare every :class:`DaneCase` zone in ``tree`` (before it starts).
 
@@ -872,6 +890,11 @@ def add_dane_catalogue(
     3 1 1 and 1 1 1 records), ``ca_cert_pem`` the CA that issued it (2 1 1
     and 0 0 1). ``address(host)`` gives each host's A record; by default
     127.0.1.1, 127.0.1.2, ... in declaration order.
+
+    With ``mta_sts_ip``, every mail domain also publishes MTA-STS discovery
+    records (RFC 8461 §3.1): TXT ``_mta-sts.<domain>`` ``v=STSv1; id=``
+    :data:`STS_ID` and A ``mta-sts.<domain>`` -> ``mta_sts_ip`` (an HTTPS
+    policy host, tests/servers/https.py), signed like the rest of the zone.
     """
     address = address or _sequential_addresses()
     ee = tlsa_3_1_1(ee_cert_pem)
@@ -879,6 +902,7 @@ def add_dane_catalogue(
     domains: dict[DaneCase, str] = {}
     mx_hosts: dict[DaneCase, tuple[str, ...]] = {}
     addresses: dict[str, str] = {}
+    sts: list[str] = []
 
     def host(zone: TreeZone, label: str, *tlsa: str) -> str:
         name = zone.fqdn(label)
@@ -891,6 +915,10 @@ def add_dane_catalogue(
     def mail_zone(case: DaneCase, signing: Signing = Signing.SECURE) -> TreeZone:
         zone = tree.zone(case.value, signing)
         domains[case] = zone.name
+        if mta_sts_ip is not None:
+            zone.txt("_mta-sts", f"v=STSv1; id={STS_ID};")
+            zone.a("mta-sts", mta_sts_ip)
+            sts.append(zone.name)
         return zone
 
     def two_hosts(case: DaneCase, tlsa1: tuple[str, ...], tlsa2: tuple[str, ...]) -> None:
@@ -937,4 +965,4 @@ def add_dane_catalogue(
     domains[DaneCase.NXDOMAIN] = tree.domain(DaneCase.NXDOMAIN.value)
     mx_hosts[DaneCase.NXDOMAIN] = ()
 
-    return DaneCatalogue(domains, mx_hosts, addresses, ee_tlsa=ee, ta_tlsa=ta)
+    return DaneCatalogue(domains, mx_hosts, addresses, ee_tlsa=ee, ta_tlsa=ta, mta_sts=tuple(sts))

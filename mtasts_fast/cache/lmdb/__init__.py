@@ -1,13 +1,13 @@
 """The shared, memory-mapped LMDB cache (``cache.type: lmdb``, the default).
 
 Every worker on a host opens the same LMDB environment (DESIGN.md §2, §5), so a
-policy fetched by one worker is served by all of them and survives restarts.
-Readers never wait: a hit reads the memory map in place, and a memoised hit
-opens no transaction at all while nothing has been committed. Writers take
-turns on LMDB's inter-process writer lock, one thread per process. A
-``kill -9`` of any process leaves a consistent file. The size is bounded by
-``max_entries`` and by ``map_size``, by evicting expired and least recently
-checked entries.
+policy fetched (or a DANE state evaluated) by one worker is served by all of
+them and survives restarts. Readers never wait: a hit reads the memory map in
+place, and a memoised hit opens no transaction at all while nothing has been
+committed. Writers take turns on LMDB's inter-process writer lock, one thread
+per process. A ``kill -9`` of any process leaves a consistent file. The size
+is bounded by ``max_entries`` and by ``map_size``, by evicting expired and
+least recently checked entries.
 
 One module per part, each documenting its own:
 
@@ -22,6 +22,7 @@ One module per part, each documenting its own:
   full), and the bodies that put, delete and purge entries.
 - ``eviction``: the expiry and checked indexes, eviction and pruning.
 - ``failures``: fetch-failure records and their retry index.
+- ``dane``: DANE states, their memoised read and their expiry index.
 - ``meta``: the proactive-refresh timestamp and leases.
 - ``store``: ``LmdbCache``, the cache interface over all of it, and its
   writer thread.

@@ -1,6 +1,6 @@
 """What the LMDB file holds: its named databases, their keys and values.
 
-Six named databases in one environment:
+Eight named databases in one environment:
 
 - ``policies``: domain (A-label, UTF-8) → entry bytes from ``codec``.
 - ``meta``: ``proactive_ts`` and ``last_eviction`` (a map-full eviction)
@@ -15,12 +15,17 @@ Six named databases in one environment:
   its index by ``retry_at`` built like ``by_expiry``: ``prune`` and
   eviction take the records whose retry time is oldest without reading
   the others.
+- ``dane``: domain → ``DaneState`` bytes from ``codec`` (DESIGN.md §7), and
+  ``dane_by_expiry``, its index by ``expires_at`` built like ``by_expiry``:
+  ``prune`` and eviction take the states that expired first without reading
+  the others.
 
-The two failure databases were added after the first release: a file made
-without them gets them when it is next opened (``open_db`` creates a
+The failure and DANE databases were added after the first release: a file
+made without them gets them when it is next opened (``open_db`` creates a
 missing database in a write transaction, as it always did for the others),
-and a process of the previous release still opens the file, since it never
-asks for them.
+and a process of an earlier release still opens the file, since it never
+asks for them (``max_dbs`` limits the databases a handle opens, not those
+the file holds).
 """
 
 from __future__ import annotations
@@ -49,9 +54,11 @@ BY_EXPIRY = b"by_expiry"
 BY_CHECKED = b"by_checked"
 FAILURES = b"failures"
 FAILURES_BY_RETRY = b"failures_by_retry"
+DANE = b"dane"
+DANE_BY_EXPIRY = b"dane_by_expiry"
 # Named databases opened by this release (the limit is per environment
 # handle, not stored in the file).
-MAX_DBS = 6
+MAX_DBS = 8
 
 # Keys of the meta database.
 PROACTIVE_TS = b"proactive_ts"
@@ -81,7 +88,7 @@ def storable(key: bytes) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Databases:
-    """The handles of the six named databases of one open environment."""
+    """The handles of the eight named databases of one open environment."""
 
     policies: lmdb._Database
     meta: lmdb._Database
@@ -89,6 +96,8 @@ class Databases:
     by_checked: lmdb._Database
     failures: lmdb._Database
     failures_by_retry: lmdb._Database
+    dane: lmdb._Database
+    dane_by_expiry: lmdb._Database
 
     @classmethod
     def open(cls, env: lmdb.Environment) -> Databases:
@@ -100,6 +109,8 @@ class Databases:
             by_checked=env.open_db(BY_CHECKED),
             failures=env.open_db(FAILURES),
             failures_by_retry=env.open_db(FAILURES_BY_RETRY),
+            dane=env.open_db(DANE),
+            dane_by_expiry=env.open_db(DANE_BY_EXPIRY),
         )
 
     def all(self) -> tuple[lmdb._Database, ...]:
@@ -111,4 +122,6 @@ class Databases:
             self.by_checked,
             self.failures,
             self.failures_by_retry,
+            self.dane,
+            self.dane_by_expiry,
         )

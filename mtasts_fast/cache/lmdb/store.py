@@ -33,9 +33,10 @@ from mtasts_fast.cache.base import (
     CacheUnavailable,
     FetchFailure,
 )
-from mtasts_fast.cache.codec import encode_entry, encode_failure
-from mtasts_fast.cache.lmdb import failures, meta, writes
+from mtasts_fast.cache.codec import encode_dane, encode_entry, encode_failure
+from mtasts_fast.cache.lmdb import dane, failures, meta, writes
 from mtasts_fast.cache.lmdb.commit_counter import CommitCounter
+from mtasts_fast.cache.lmdb.dane import read_dane
 from mtasts_fast.cache.lmdb.environment import (
     MAP_GROWTH_LIMIT,
     adopt_map_size,
@@ -45,6 +46,7 @@ from mtasts_fast.cache.lmdb.environment import (
 from mtasts_fast.cache.lmdb.eviction import Capacity, prune_expired
 from mtasts_fast.cache.lmdb.layout import DOUBLE, Databases, storable, time_key
 from mtasts_fast.cache.lmdb.reads import MEMO_LIMIT, Memo, read_batch, read_entry
+from mtasts_fast.dane.state import DaneState
 
 __all__ = ["LmdbCache"]
 
@@ -84,6 +86,7 @@ class LmdbCache(Cache):
         # The memo holds decoded entries in each process: never more than the
         # cache itself may hold, so a small cache stays small in every worker.
         self._memo_limit = min(MEMO_LIMIT, self._max_entries)
+        self._dane_memo: dane.DaneMemo = {}
         self._commits: CommitCounter | None = None
 
     # -- opening and closing ------------------------------------------------------
@@ -122,6 +125,7 @@ class LmdbCache(Cache):
             self._writer.shutdown(wait=False)
             self._writer = None
             self._memo.clear()
+            self._dane_memo.clear()
 
     @property
     def path(self) -> str:
@@ -194,6 +198,26 @@ class LmdbCache(Cache):
 
     def _read_batch(self, after: bytes | None, size: int) -> tuple[list[CacheEntry], bytes | None]:
         return read_batch(self._require_env(), self._require_dbs(), after, size)
+
+    def get_dane_nowait(self, domain: str) -> DaneState | None:
+        # read_dane is called directly, like read_entry: the hot path's
+        # second read (see the dane module).
+        try:
+            return read_dane(self._env, self._dbs, self._commits, self._dane_memo, domain)
+        except lmdb.MapResizedError:
+            if self._write_lock.locked():
+                return None  # as in get_nowait: the caller falls back to get_dane()
+            adopt_map_size(self._require_env(), self._path)
+        try:
+            return read_dane(self._env, self._dbs, self._commits, self._dane_memo, domain)
+        except lmdb.MapResizedError as exc:
+            raise CacheUnavailable(f"LMDB map keeps being resized: {exc}") from exc
+
+    async def get_dane(self, domain: str) -> DaneState | None:
+        return await self._adopting(self._read_dane, domain)
+
+    def _read_dane(self, domain: str) -> DaneState | None:
+        return read_dane(self._env, self._dbs, self._commits, self._dane_memo, domain)
 
     async def get_proactive_ts(self) -> float:
         return await self._adopting(self._read_proactive_ts)
@@ -275,8 +299,17 @@ class LmdbCache(Cache):
             total += count
             if not more:
                 break
+        # DANE states go once they expired before older_than, like the
+        # entries (base.Cache.prune); only policy entries are counted.
+        while True:
+            done = await self._write(
+                lambda txn: dane.prune_dane(txn, self._require_dbs(), limit, WRITE_BATCH),
+                "pruning DANE states",
+            )
+            if done is None or not done[1]:
+                break
         # Failure records are kept FAILURE_RETENTION after their retry time
-        # (base.FAILURE_RETENTION); only policy entries are counted.
+        # (base.FAILURE_RETENTION).
         failure_limit = time_key(older_than - FAILURE_RETENTION)
         while True:
             more_failures = await self._write(
@@ -322,6 +355,29 @@ class LmdbCache(Cache):
         deleted = await self._write(
             lambda txn: failures.delete_failure(txn, self._require_dbs(), key),
             f"deleting the failure of {domain}",
+        )
+        return bool(deleted)
+
+    async def put_dane(self, state: DaneState) -> None:
+        key = state.domain.encode()
+        if not storable(key):
+            _log.error("LMDB cache: cannot store a key of %d bytes for %r", len(key), state.domain)
+            return
+        value = encode_dane(state)
+        await self._write(
+            lambda txn: dane.put_dane(
+                txn, self._require_dbs(), self._require_capacity(), key, value, state
+            ),
+            f"the DANE state of {state.domain}",
+        )
+
+    async def delete_dane(self, domain: str) -> bool:
+        key = domain.encode()
+        if not storable(key):
+            return False
+        deleted = await self._write(
+            lambda txn: dane.delete_dane(txn, self._require_dbs(), key),
+            f"deleting the DANE state of {domain}",
         )
         return bool(deleted)
 

@@ -3,11 +3,12 @@
 Everything here runs on the writer thread (``store``). ``attempt`` runs one
 job in a write transaction. When it does not fit (``MapFullError``), stale
 readers are reaped, a batch of failure records (the cheapest data to lose:
-at worst one early retry) and a batch of entries are evicted and the job
-retried once; if it still does not fit, the store grows the map
-(``environment``) and calls ``attempt`` again. A ``MapResizedError`` (another
-process grew the map) is handed back too, because the map may only be
-adopted while this thread is idle.
+at worst one early retry), a batch of DANE states (a few DNS queries each)
+and a batch of entries (an HTTPS fetch each) are evicted and the job retried
+once; if it still does not fit, the store grows the map (``environment``)
+and calls ``attempt`` again. A ``MapResizedError`` (another process grew the
+map) is handed back too, because the map may only be adopted while this
+thread is idle.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import lmdb
 
 from mtasts_fast.cache.base import CacheEntry
 from mtasts_fast.cache.codec import decode_entry
+from mtasts_fast.cache.lmdb.dane import evict_dane
 from mtasts_fast.cache.lmdb.eviction import Capacity, batch_size, evict, evictions_due, unindex
 from mtasts_fast.cache.lmdb.failures import evict_failures
 from mtasts_fast.cache.lmdb.layout import Databases, time_key
@@ -59,6 +61,7 @@ def attempt(
             dropped = evict_failures(
                 txn, dbs, batch_size(capacity, txn.stat(dbs.failures)["entries"])
             )
+            states = evict_dane(txn, dbs, batch_size(capacity, txn.stat(dbs.dane)["entries"]))
             evicted = evict(txn, dbs, batch_size(capacity, txn.stat(dbs.policies)["entries"]))
         # LMDB reuses the pages a commit frees only from the second commit
         # after it (the previous snapshot must stay intact for crash
@@ -66,9 +69,10 @@ def attempt(
         with env.begin(write=True) as txn:
             mark_eviction(txn, dbs)
         _log.info(
-            "LMDB cache %s: map full, evicted %d entries and %d failure records",
+            "LMDB cache %s: map full, evicted %d entries, %d DANE states and %d failure records",
             path,
             evicted,
+            states,
             dropped,
         )
         with env.begin(write=True) as txn:
@@ -121,6 +125,7 @@ def delete_entry(txn: lmdb.Transaction[bytes], dbs: Databases, key: bytes) -> bo
 def purge(txn: lmdb.Transaction[bytes], dbs: Databases) -> int:
     """Empty every database but ``meta`` (leases survive); the entries there were."""
     count = txn.stat(dbs.policies)["entries"]
-    for db in (dbs.policies, dbs.by_expiry, dbs.by_checked, dbs.failures, dbs.failures_by_retry):
-        txn.drop(db, delete=False)
+    for db in dbs.all():
+        if db is not dbs.meta:
+            txn.drop(db, delete=False)
     return count

@@ -1,46 +1,7 @@
-"""PostgreSQL backend (``cache.type: postgres``): one database shared by a fleet.
+"""``PostgresCache``: the pool, the outage discipline, and the calls.
 
-Options, as validated by the config: every key except ``timeout`` is passed to
-``asyncpg.create_pool``, as postfix-mta-sts-resolver does (``dsn``,
-``min_size``, ``max_size``, ``server_settings``, ``ssl``...). ``timeout``
-(default 5 s) was the old daemon's wait for a pooled connection; here it bounds
-the whole call: that wait, a reconnection, and the statement itself.
-
-Our tables sit beside postfix-mta-sts-resolver's ``sts_policy_cache`` and
-``proactive_fetch_ts``, which are never read or touched:
-
-- ``mtasts_policy``: ``domain`` (primary key, "C" collation: byte order for
-  paging), ``entry`` (the codec bytes), and copies of the entry's
-  ``checked_at`` and ``expires_at``, kept as columns so that a write is one
-  upsert that never replaces a newer check (whichever host writes last), and
-  ``prune`` is one indexed DELETE.
-- ``mtasts_meta``: ``name`` → ``value`` (``proactive_ts``).
-- ``mtasts_failures``: ``domain`` → ``data`` (a ``FetchFailure`` as codec
-  bytes) and a copy of its ``retry_at``, indexed for ``prune``.
-- ``mtasts_leases``: ``name`` → ``owner`` and ``expires_at``. A lease is
-  taken or renewed by one upsert whose ``WHERE`` admits only a free, expired
-  or own lease; PostgreSQL locks the conflicting row and judges its latest
-  version, so two hosts can never both take it. The clock is the server's
-  (``now()``), not the hosts': hosts sharing a database may disagree about
-  the time, and a host whose clock ran ahead would otherwise take a lease
-  that its holder still counts on.
-
-They live in the first schema of the role's ``search_path`` (set
-``server_settings: {search_path: ...}`` to choose another). They are created on
-first connection under a transaction-scoped advisory lock, because
-``CREATE TABLE IF NOT EXISTS`` run by two sessions at once can fail; if they
-already exist nothing is created, so a role without CREATE rights works once
-an administrator has made them. (``mtasts_failures`` and ``mtasts_leases``
-came after the first release: such an administrator must add them on upgrade,
-or every call fails with "permission denied".)
-
-A server that is down never stops the daemon: ``setup`` logs and returns, and
-each call raises :class:`CacheUnavailable` until the server answers again.
-After a failure to reach the server, calls fail at once for
-``RETRY_INTERVAL`` seconds, then one call at a time tries again — so a server
-that drops packets costs one ``timeout`` per interval, not one per lookup.
-asyncpg replaces dead pooled connections when they are next acquired, so the
-same cache object recovers by itself.
+The tables and their statements are in ``statements``; what the backend
+stores and how it behaves when the server is down is in the package doc.
 """
 
 from __future__ import annotations
@@ -65,77 +26,26 @@ from mtasts_fast.cache.base import (
     CacheUnavailable,
     FetchFailure,
 )
-from mtasts_fast.cache.codec import decode_entry, decode_failure, encode_entry, encode_failure
+from mtasts_fast.cache.codec import (
+    decode_dane,
+    decode_entry,
+    decode_failure,
+    encode_dane,
+    encode_entry,
+    encode_failure,
+)
+from mtasts_fast.cache.postgres import statements
+from mtasts_fast.dane.state import DaneState
 from mtasts_fast.errors import ConfigError
 
 __all__ = ["RETRY_INTERVAL", "PostgresCache"]
 
+# The backend's one logger, named for the package.
 _log = logging.getLogger("mtasts_fast.cache.postgres")
 
 #: Seconds calls fail at once after the server could not be reached.
 RETRY_INTERVAL = 1.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS mtasts_policy (
-    domain TEXT COLLATE "C" PRIMARY KEY,
-    checked_at DOUBLE PRECISION NOT NULL,
-    expires_at DOUBLE PRECISION NOT NULL,
-    entry BYTEA NOT NULL
-);
-CREATE INDEX IF NOT EXISTS mtasts_policy_expires_at ON mtasts_policy (expires_at);
-CREATE TABLE IF NOT EXISTS mtasts_meta (
-    name TEXT PRIMARY KEY,
-    value DOUBLE PRECISION NOT NULL
-);
-CREATE TABLE IF NOT EXISTS mtasts_failures (
-    domain TEXT COLLATE "C" PRIMARY KEY,
-    data BYTEA NOT NULL,
-    retry_at DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS mtasts_failures_retry_at ON mtasts_failures (retry_at);
-CREATE TABLE IF NOT EXISTS mtasts_leases (
-    name TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    expires_at DOUBLE PRECISION NOT NULL
-);
-"""
-_SCHEMA_PRESENT = """
-SELECT to_regclass('mtasts_policy') IS NOT NULL
-   AND to_regclass('mtasts_policy_expires_at') IS NOT NULL
-   AND to_regclass('mtasts_meta') IS NOT NULL
-   AND to_regclass('mtasts_failures') IS NOT NULL
-   AND to_regclass('mtasts_failures_retry_at') IS NOT NULL
-   AND to_regclass('mtasts_leases') IS NOT NULL
-"""
-# Any fixed number will do; "mtasts" in ASCII.
-_SCHEMA_LOCK = 0x6D7461737473
-
-_UPSERT = """
-INSERT INTO mtasts_policy AS stored (domain, checked_at, expires_at, entry)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (domain) DO UPDATE SET
-    checked_at = excluded.checked_at,
-    expires_at = excluded.expires_at,
-    entry = excluded.entry
-WHERE excluded.checked_at >= stored.checked_at
-"""
-_SET_META = """
-INSERT INTO mtasts_meta (name, value) VALUES ($1, $2)
-ON CONFLICT (name) DO UPDATE SET value = excluded.value
-"""
-_PUT_FAILURE = """
-INSERT INTO mtasts_failures (domain, data, retry_at) VALUES ($1, $2, $3)
-ON CONFLICT (domain) DO UPDATE SET data = excluded.data, retry_at = excluded.retry_at
-"""
-# $1 name, $2 owner, $3 ttl in seconds. A row comes back if $2 holds the
-# lease now: it was free, expired, or already $2's (then renewed).
-_ACQUIRE = """
-INSERT INTO mtasts_leases AS held (name, owner, expires_at)
-VALUES ($1, $2, extract(epoch FROM now())::double precision + $3::double precision)
-ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
-WHERE held.owner = excluded.owner OR held.expires_at <= extract(epoch FROM now())::double precision
-RETURNING owner
-"""
 _PROACTIVE = "proactive_ts"
 
 # What asyncpg raises when a call fails: server errors, client-side
@@ -175,19 +85,6 @@ _POOL_TAKES_RESET = "reset" in inspect.signature(asyncpg.create_pool).parameters
 
 async def _keep_session(connection: object) -> None:
     """Pool ``reset`` hook: asyncpg still rolls back any open transaction."""
-
-
-async def _ensure_schema(conn: Any) -> None:
-    if await conn.fetchval(_SCHEMA_PRESENT):
-        return
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-        await conn.execute(_SCHEMA)
-
-
-def _count(status: str) -> int:
-    # asyncpg returns the command tag, e.g. "DELETE 3".
-    return int(status.rpartition(" ")[2])
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
@@ -304,7 +201,7 @@ class PostgresCache(Cache):
                 conn = await pool.acquire(timeout=self._timeout)
                 try:
                     if not self._schema_ready:
-                        await _ensure_schema(conn)
+                        await statements.ensure_schema(conn)
                         self._schema_ready = True
                     yield conn
                 except BaseException:
@@ -364,13 +261,17 @@ class PostgresCache(Cache):
         data = encode_entry(entry)
         async with self._connection() as conn:
             await conn.execute(
-                _UPSERT, entry.domain, float(entry.checked_at), float(entry.expires_at), data
+                statements.UPSERT,
+                entry.domain,
+                float(entry.checked_at),
+                float(entry.expires_at),
+                data,
             )
 
     async def delete(self, domain: str) -> bool:
         async with self._connection() as conn:
             status = await conn.execute("DELETE FROM mtasts_policy WHERE domain = $1", domain)
-        return _count(status) > 0
+        return statements.count(status) > 0
 
     async def scan(self, batch_size: int = SCAN_BATCH) -> AsyncIterator[list[CacheEntry]]:
         if batch_size < 1:
@@ -406,12 +307,13 @@ class PostgresCache(Cache):
                 return
 
     async def purge(self) -> int:
-        # Failure records go too, so that every purged domain is fetched
-        # afresh; only policy entries are counted.
+        # Failure records and DANE states go too, so that every purged domain
+        # is fetched and evaluated afresh; only policy entries are counted.
         async with self._connection() as conn:
             status = await conn.execute("DELETE FROM mtasts_policy")
             await conn.execute("DELETE FROM mtasts_failures")
-        return _count(status)
+            await conn.execute("DELETE FROM mtasts_dane")
+        return statements.count(status)
 
     async def prune(self, older_than: float) -> int:
         # A failure record is kept FAILURE_RETENTION after its retry time, so
@@ -424,7 +326,9 @@ class PostgresCache(Cache):
                 "DELETE FROM mtasts_failures WHERE retry_at < $1",
                 float(older_than) - FAILURE_RETENTION,
             )
-        return _count(status)
+            # DANE states go once they expired before older_than, like the entries.
+            await conn.execute("DELETE FROM mtasts_dane WHERE expires_at < $1", float(older_than))
+        return statements.count(status)
 
     async def get_proactive_ts(self) -> float:
         async with self._connection() as conn:
@@ -433,7 +337,7 @@ class PostgresCache(Cache):
 
     async def set_proactive_ts(self, ts: float) -> None:
         async with self._connection() as conn:
-            await conn.execute(_SET_META, _PROACTIVE, float(ts))
+            await conn.execute(statements.SET_META, _PROACTIVE, float(ts))
 
     async def get_failure(self, domain: str) -> FetchFailure | None:
         async with self._connection() as conn:
@@ -443,16 +347,39 @@ class PostgresCache(Cache):
     async def put_failure(self, failure: FetchFailure) -> None:
         data = encode_failure(failure)
         async with self._connection() as conn:
-            await conn.execute(_PUT_FAILURE, failure.domain, data, float(failure.retry_at))
+            await conn.execute(
+                statements.PUT_FAILURE, failure.domain, data, float(failure.retry_at)
+            )
 
     async def delete_failure(self, domain: str) -> bool:
         async with self._connection() as conn:
             status = await conn.execute("DELETE FROM mtasts_failures WHERE domain = $1", domain)
-        return _count(status) > 0
+        return statements.count(status) > 0
+
+    async def get_dane(self, domain: str) -> DaneState | None:
+        async with self._connection() as conn:
+            data = await conn.fetchval("SELECT state FROM mtasts_dane WHERE domain = $1", domain)
+        return decode_dane(domain, data) if isinstance(data, bytes) else None
+
+    async def put_dane(self, state: DaneState) -> None:
+        data = encode_dane(state)
+        async with self._connection() as conn:
+            await conn.execute(
+                statements.PUT_DANE,
+                state.domain,
+                float(state.evaluated_at),
+                float(state.expires_at),
+                data,
+            )
+
+    async def delete_dane(self, domain: str) -> bool:
+        async with self._connection() as conn:
+            status = await conn.execute("DELETE FROM mtasts_dane WHERE domain = $1", domain)
+        return statements.count(status) > 0
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         async with self._connection() as conn:
-            held = await conn.fetchval(_ACQUIRE, name, owner, float(ttl))
+            held = await conn.fetchval(statements.ACQUIRE, name, owner, float(ttl))
         return isinstance(held, str) and held == owner
 
     async def release_lease(self, name: str, owner: str) -> None:
