@@ -390,3 +390,27 @@ async def test_all_answers_a_domain_without_policy_from_the_stored_state_at_once
     assert daemon.responder.answer(payload) == frame(DANE_ONLY_REPLY)
     # precedence still leaves a domain without a secure policy alone.
     assert daemon.responder.answer(f"precedence {domain}".encode()) == frame(NOTFOUND)
+
+
+async def test_an_override_comes_before_dane(dane_world: DaneWorld, tmp_path: Path) -> None:
+    # The operator's word wins over DANE and MTA-STS alike (README "Local
+    # overrides"); enforce_testing only changes how the policy is rendered,
+    # so DANE still comes first for its domain.
+    skipped = dane_world.domain(C.TLSA_3_1_1)
+    literal = dane_world.domain(C.MIXED)
+    enforced = dane_world.domain(C.IMPLICIT_MX)
+    overrides = tmp_path / "overrides.yml"
+    overrides.write_text(
+        f"{skipped}: skip\n{literal}: encrypt protocols=>=TLSv1.2\n{enforced}: enforce_testing\n"
+    )
+    daemon = await _daemon(dane_world, tmp_path, policy_overrides=str(overrides))
+    try:
+        client = await daemon.connect()
+        for zone in ZONES:
+            assert await client.ask(f"{zone} {skipped}") == NOTFOUND, zone
+            assert await client.ask(f"{zone} {literal}") == b"OK encrypt protocols=>=TLSv1.2"
+        assert await client.ask(f"precedence {enforced}") == DANE_ONLY_REPLY
+        assert await client.ask(f"all {enforced}") == DANE_ONLY_REPLY
+        assert await client.ask(f"off {enforced}") == dane_world.sts_reply(C.IMPLICIT_MX)
+    finally:
+        await daemon.stop()
