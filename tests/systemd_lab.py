@@ -33,6 +33,7 @@ import json
 import re
 import shlex
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -379,8 +380,6 @@ def started(scratch: Path) -> Iterator[Lab]:
         receiver = Receiver()
 
         async def start_servers() -> None:
-            import ssl
-
             await dns.start()
             await https.start()
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -76,7 +76,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 @pytest.fixture
 def readme_config(lab: Lab) -> Iterator[dict[str, Any]]:
-    """The configuration README's steps left; written back (and reloaded) after the test."""
+    """The configuration README's steps left; written back (and restarted on) after the test."""
     original = dict(lab.settings)
     yield dict(original)
     if lab.settings != original:
@@ -113,6 +113,12 @@ def test_readme_steps_install_and_start_the_service(lab: Lab) -> None:
     )
     # Only Postfix (group postfix) and root can connect to the unix socket.
     assert lab.ok("stat", "-c", "%U:%G %a %F", UNIX_SOCKET).strip() == "root:postfix 660 socket"
+    connect = f"import socket; socket.socket(socket.AF_UNIX).connect({UNIX_SOCKET!r})"
+    as_postfix = ("setpriv", "--reuid=postfix", "--regid=postfix", "--init-groups")
+    lab.ok(*as_postfix, "python3", "-c", connect)
+    as_nobody = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    refused = lab.run(*as_nobody, "python3", "-c", connect)
+    assert "PermissionError" in refused.stderr, refused.stderr
     assert lab.ask(TCP, PAYLOAD) == GOOD
     assert lab.ask(UNIX_SOCKET, PAYLOAD) == GOOD
     lab.wait_journal(
