@@ -184,8 +184,15 @@ def _owner_ids(owner: str | None, group: str | None) -> tuple[int, int]:
 
 
 def format_address(address: object) -> str:
-    """``host:port`` (``[v6]:port``) for a TCP address, ``unix:path`` otherwise."""
+    """``host:port`` (``[v6]:port``) for a TCP address, ``unix:path`` otherwise.
+
+    A unix socket in the abstract namespace (a name starting with a NUL byte,
+    as systemd can pass one) is shown as ``unix:@name``, as ss(8) does.
+    """
     if isinstance(address, tuple):
         host, port = str(address[0]), address[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(address, bytes):
+        name = address[1:] if address.startswith(b"\0") else address
+        return "unix:@" + name.decode(errors="replace")
     return f"unix:{address}"

@@ -1,13 +1,15 @@
 """``mta-sts-daemon``: the socketmap server, with postfix-mta-sts-resolver's flags.
 
-This process checks the configuration, binds the listening sockets, writes the
-pidfile and drops privileges, then becomes the supervisor of the worker
-processes that serve (:mod:`mtasts_fast.workers`).
+This process checks the configuration, binds the listening sockets (or takes
+those systemd passes, activation.py), writes the pidfile and drops privileges,
+then becomes the supervisor of the worker processes that serve
+(:mod:`mtasts_fast.workers`).
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -113,6 +115,12 @@ def _run(config: Config, overrides: Overrides | None, args: argparse.Namespace) 
     from mtasts_fast.access import check_access
     from mtasts_fast.cache.internal_dir import InternalDirectory
     from mtasts_fast.preload import preload
+
+    # systemd's watchdog stops a supervisor that stopped pinging with SIGABRT
+    # (WatchdogSignal=): then every thread's Python stack goes to stderr, the
+    # journal under systemd, so the reason for the hang is on record.
+    faulthandler.enable()
+
     from mtasts_fast.server import ListenError
     from mtasts_fast.workers import Listeners, Supervisor, check_config, make_fetcher
 
@@ -124,7 +132,7 @@ def _run(config: Config, overrides: Overrides | None, args: argparse.Namespace) 
         _log.error("%s", exc)
         return EXIT_CONFIG
     try:
-        listeners = Listeners.bind(config)
+        listeners = Listeners.open(config)
     except ListenError as exc:
         _log.error("%s", exc)
         return EXIT_FAILURE

@@ -7,12 +7,18 @@ between them; with it off, one socket that every worker accepts on. A unix
 socket is bound once and shared. The supervisor keeps every socket open, so
 the socket of a worker that died or is being replaced keeps listening: a
 connection waits in its backlog for the successor instead of being refused.
+
+Under systemd socket activation (activation.py) nothing is bound: the sockets
+the socket unit passed are served, every worker accepting on all of them, and
+they are never unlinked (systemd owns them and keeps them across restarts).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 
+from mtasts_fast.activation import compare_with_config, passed_sockets
 from mtasts_fast.binding import (
     UnixSocketFile,
     bind_tcp,
@@ -24,6 +30,8 @@ from mtasts_fast.config import Config
 
 __all__ = ["Listeners"]
 
+_log = logging.getLogger("mtasts_fast.server")
+
 
 class Listeners:
     """The listening sockets, bound once by the supervisor and shared with the workers.
@@ -33,10 +41,30 @@ class Listeners:
     """
 
     def __init__(
-        self, groups: list[list[socket.socket]], unix_file: UnixSocketFile | None = None
+        self,
+        groups: list[list[socket.socket]],
+        unix_file: UnixSocketFile | None = None,
+        *,
+        activated: bool = False,
     ) -> None:
         self.groups = groups
         self.unix_file = unix_file
+        #: The sockets came from systemd (socket activation), not from ``config``.
+        self.activated = activated
+
+    @classmethod
+    def open(cls, config: Config) -> Listeners:
+        """The sockets systemd passed, if it did; else bind what ``config`` asks for.
+
+        ListenError (or its ActivationError) with the reason on failure.
+        """
+        passed = passed_sockets()
+        if not passed:
+            return cls.bind(config)
+        level, line = compare_with_config(config, passed)
+        _log.log(level, "%s", line)
+        # One group: every worker accepts on every passed socket.
+        return cls([[item.sock for item in passed]], activated=True)
 
     @classmethod
     def bind(cls, config: Config) -> Listeners:

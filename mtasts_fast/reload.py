@@ -74,11 +74,14 @@ def next_generation(
         return None
     changed = [key for key in LISTENER_KEYS if getattr(config, key) != getattr(current, key)]
     if changed:
+        # Under socket activation a restart changes nothing either: the socket
+        # unit's ListenStream= lines decide (activation.py).
+        until = "the socket unit changes" if listeners.activated else "a restart"
         _log.warning(
-            "%s: %s changed: the listening sockets stay as they are until a restart "
-            "(answering on %s)",
+            "%s: %s changed: the listening sockets stay as they are until %s (answering on %s)",
             config_path,
             ", ".join(changed),
+            until,
             listeners.describe(),
         )
         config = dataclasses.replace(config, **{k: getattr(current, k) for k in LISTENER_KEYS})

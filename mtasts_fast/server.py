@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from typing import Any, cast
@@ -42,6 +43,13 @@ _WRITE_HIGH_WATER = 64 * 1024
 # How often idle connections are looked for; the idle timeout is therefore
 # enforced to within this many seconds.
 _SWEEP_PERIOD = 1.0
+# From Python 3.13 on, asyncio and uvloop (cleanup_socket=PY313) unlink a unix
+# server's socket file when the server closes. The file is never a worker's to
+# remove: a worker retired by a reload would take away the path its successors
+# answer on, and systemd's socket unit owns the file under socket activation.
+# Whoever bound it removes it (binding.UnixSocketFile). The keyword is new in
+# 3.13 (uvloop >= 0.21, the first to support 3.13), hence only passed there.
+_KEEP_SOCKET_FILE: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
 
 
 class SocketmapProtocol(asyncio.Protocol):
@@ -264,7 +272,10 @@ class SocketmapServer:
             for sock in sockets:
                 if sock.family == socket.AF_UNIX:
                     server = await loop.create_unix_server(
-                        lambda: SocketmapProtocol(self), sock=sock, backlog=self.config.backlog
+                        lambda: SocketmapProtocol(self),
+                        sock=sock,
+                        backlog=self.config.backlog,
+                        **_KEEP_SOCKET_FILE,
                     )
                 else:
                     server = await loop.create_server(

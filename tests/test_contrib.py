@@ -25,6 +25,9 @@ from mtasts_fast.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 CONTRIB = ROOT / "contrib"
 UNITS = ("mta-sts-daemon.service", "mta-sts-daemon@.service")
+SOCKETS = ("mta-sts-daemon.socket", "mta-sts-daemon@.socket")
+# Debian's Postfix runs smtp(8) chrooted in its queue directory.
+POSTFIX_QUEUE = "/var/spool/postfix"
 # Where the units expect the daemon: `make VENV=/opt/mta-sts venv` (README).
 INSTALLED_DAEMON = "/opt/mta-sts/bin/mta-sts-daemon"
 REQUIRE_ALL = os.environ.get("MTASTS_REQUIRE_ALL", "").strip() not in ("", "0")
@@ -81,8 +84,9 @@ def _testable_copy(tmp_path: Path, name: str, *, replace: tuple[str, str] | None
 
 def _instance(path: Path) -> Path:
     # A template is verified through an instance name, as systemd loads it.
-    if path.name.endswith("@.service"):
-        return path.with_name(path.name.replace("@.service", "@relay.service"))
+    for suffix in ("@.service", "@.socket"):
+        if path.name.endswith(suffix):
+            return path.with_name(path.name.replace(suffix, "@relay" + suffix[1:]))
     return path
 
 
@@ -203,3 +207,50 @@ def test_documentation_pages_have_sources(name: str) -> None:
         assert page.startswith("man:"), page
         title, _, section = page.removeprefix("man:").rstrip(")").partition("(")
         assert (ROOT / "docs" / "man" / f"{title}.{section}.rst").is_file(), page
+
+
+@pytest.mark.parametrize("name", SOCKETS)
+def test_socket_unit_passes_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
+    analyze = _systemd_analyze()
+    # The socket is verified beside the service it activates.
+    _testable_copy(tmp_path, name.replace(".socket", ".service"))
+    socket_unit = tmp_path / name
+    socket_unit.write_text((CONTRIB / name).read_text())
+    result = _verify(analyze, socket_unit)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        pytest.param(SOCKETS[0], f"{POSTFIX_QUEUE}/mta-sts/mta-sts-daemon.sock", id="socket"),
+        pytest.param(SOCKETS[1], f"{POSTFIX_QUEUE}/mta-sts/%i.sock", id="template"),
+    ],
+)
+def test_socket_unit_serves_postfix_in_its_chroot(name: str, path: str) -> None:
+    unit = _settings(name)
+    listen = unit["ListenStream"]
+    assert listen[0] == path
+    # Only Postfix's smtp(8) (group postfix) and root may connect.
+    assert (_one(unit, "SocketUser"), _one(unit, "SocketGroup")) == ("root", "postfix")
+    assert _one(unit, "SocketMode") == "0660"
+    # One daemon for every connection, not one per connection.
+    assert _one(unit, "Accept") == "no"
+    if name == SOCKETS[0]:
+        # The TCP socket is the daemon's default address, which the example
+        # configuration names: the start-up line then says "among them".
+        config = Config.from_yaml(CONTRIB / "mta-sts-daemon.yml")
+        assert listen[1:] == [f"{defaults.HOST}:{defaults.PORT}"]
+        assert (config.host, config.port) == (defaults.HOST, defaults.PORT)
+    else:
+        assert listen[1:] == []  # a port per instance comes from a drop-in
+
+
+def test_postfix_line_names_the_socket_relative_to_the_queue_directory() -> None:
+    """What README and the socket unit tell Postfix is the socket the unit creates."""
+    path = _settings(SOCKETS[0])["ListenStream"][0]
+    relative = path.removeprefix(POSTFIX_QUEUE + "/")
+    line = f"smtp_tls_policy_maps = socketmap:unix:{relative}:postfix"
+    for document in (ROOT / "README.md", CONTRIB / SOCKETS[0], CONTRIB / "mta-sts-daemon.yml"):
+        assert f"socketmap:unix:{relative}:postfix" in document.read_text(), document
+    assert line in (ROOT / "README.md").read_text()

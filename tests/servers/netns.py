@@ -19,6 +19,10 @@ only a loopback, which the test brings up::
   namespace with setns(2) (a network namespace is per thread), so the DNS,
   HTTPS and SMTP test servers of this process listen inside it.
 - :class:`NetnsDaemon` runs ``mta-sts-daemon`` there, stoppable and restartable.
+- :func:`call_in_netns` runs one function in a thread inside a namespace.
+
+A namespace is named as ``ip netns`` names it, or given as a file: a path
+such as ``/proc/PID/ns/net`` (a booted container's leader, tests/systemd_lab.py).
 
 Everything needs root (``ip netns add``); callers check that first.
 """
@@ -40,7 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-__all__ = ["CLONE_NEWNET", "Netns", "NetnsDaemon", "NetnsLoop", "enter_netns"]
+__all__ = ["CLONE_NEWNET", "Netns", "NetnsDaemon", "NetnsLoop", "call_in_netns", "enter_netns"]
 
 _T = TypeVar("_T")
 
@@ -48,15 +52,38 @@ CLONE_NEWNET = 0x40000000  # <sched.h>; os.setns arrives only in Python 3.12
 
 
 def enter_netns(name: str) -> None:
-    """Move the calling thread (only it) into network namespace ``name``."""
+    """Move the calling thread (only it) into network namespace ``name`` (or the file ``name``)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    path = name if name.startswith("/") else f"/run/netns/{name}"
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if libc.setns(fd, CLONE_NEWNET) != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"setns({name}): {os.strerror(errno)}")
     finally:
         os.close(fd)
+
+
+def call_in_netns(name: str, function: Callable[[], _T], timeout: float = 30.0) -> _T:
+    """Run ``function`` in a new thread inside the namespace; its result or its exception."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            enter_netns(name)
+            outcome.append((True, function()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="netns-call", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise TimeoutError(f"no result from the namespace thread after {timeout} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def _run(*args: str) -> None:
@@ -167,7 +194,7 @@ class NetnsLoop:
             finally:
                 loop.close()
 
-        self._thread = threading.Thread(target=run, name=f"netns-{self._netns}", daemon=True)
+        self._thread = threading.Thread(target=run, name="netns-loop", daemon=True)
         self._thread.start()
         ready.wait(10)
         if failure:
