@@ -62,6 +62,7 @@ from mtasts_fast.cache.base import (
     SCAN_BATCH,
     Cache,
     CacheEntry,
+    CacheStats,
     CacheUnavailable,
     FetchFailure,
 )
@@ -183,6 +184,18 @@ async def _ensure_schema(conn: Any) -> None:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
         await conn.execute(_SCHEMA)
+
+
+# One statement, one snapshot: the counts, the checked range, and the size of
+# our two tables with their indexes and TOAST data.
+_STATS = """
+SELECT
+    (SELECT count(*) FROM mtasts_policy) AS entries,
+    (SELECT min(checked_at) FROM mtasts_policy) AS oldest,
+    (SELECT max(checked_at) FROM mtasts_policy) AS newest,
+    (SELECT count(*) FROM mtasts_failures) AS failures,
+    pg_total_relation_size('mtasts_policy') + pg_total_relation_size('mtasts_failures') AS size
+"""
 
 
 def _count(status: str) -> int:
@@ -425,6 +438,17 @@ class PostgresCache(Cache):
                 float(older_than) - FAILURE_RETENTION,
             )
         return _count(status)
+
+    async def stats(self) -> CacheStats:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_STATS)
+        return CacheStats(
+            int(row["entries"]),
+            int(row["failures"]),
+            row["oldest"],
+            row["newest"],
+            int(row["size"]),
+        )
 
     async def get_proactive_ts(self) -> float:
         async with self._connection() as conn:

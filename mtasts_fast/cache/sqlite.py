@@ -42,6 +42,7 @@ internal queue does not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -57,6 +58,7 @@ from mtasts_fast.cache.base import (
     SCAN_BATCH,
     Cache,
     CacheEntry,
+    CacheStats,
     CacheUnavailable,
     FetchFailure,
 )
@@ -209,6 +211,25 @@ def _prune(conn: sqlite3.Connection, older_than: float) -> int:
         "DELETE FROM mtasts_failures WHERE retry_at < ?", (older_than - FAILURE_RETENTION,)
     ).fetchall()
     return count
+
+
+def _stats(conn: sqlite3.Connection, filename: str) -> CacheStats:
+    # One read transaction, so the two counts agree with each other.
+    conn.execute("BEGIN")
+    try:
+        entries, oldest, newest = conn.execute(
+            "SELECT count(*), min(checked_at), max(checked_at) FROM mtasts_policy"
+        ).fetchall()[0]
+        (failures,) = conn.execute("SELECT count(*) FROM mtasts_failures").fetchall()[0]
+    finally:
+        conn.rollback()
+    # The file with its write-ahead log: what the cache takes on disk (the
+    # file may hold postfix-mta-sts-resolver's table too).
+    size = 0
+    for name in (filename, filename + "-wal", filename + "-shm"):
+        with contextlib.suppress(OSError):
+            size += os.stat(name).st_size
+    return CacheStats(int(entries), int(failures), oldest, newest, size)
 
 
 def _get_failure(conn: sqlite3.Connection, domain: str) -> FetchFailure | None:
@@ -470,6 +491,9 @@ class SqliteCache(Cache):
 
     async def set_proactive_ts(self, ts: float) -> None:
         await self._run(_set_meta, _PROACTIVE, float(ts))
+
+    async def stats(self) -> CacheStats:
+        return await self._run(_stats, self._filename)
 
     async def get_failure(self, domain: str) -> FetchFailure | None:
         return await self._run(_get_failure, domain)

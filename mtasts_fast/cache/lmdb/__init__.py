@@ -23,6 +23,7 @@ One module per part, each documenting its own:
 - ``eviction``: the expiry and checked indexes, eviction and pruning.
 - ``failures``: fetch-failure records and their retry index.
 - ``meta``: the proactive-refresh timestamp and leases.
+- ``stats``: the counts and checked range for ``mta-sts-cache stats``.
 - ``store``: ``LmdbCache``, the cache interface over all of it, and its
   writer thread.
 """
