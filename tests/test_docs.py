@@ -105,7 +105,7 @@ def test_page_builds_without_warnings(name: str, tmp_path: Path) -> None:
 # -- the configuration page matches config.py and defaults.py -----------------------------------
 
 YML = "mta-sts-daemon.yml.5"
-TOP_SECTIONS = ("LISTENER", "POLICY CACHE AND FETCHING")
+TOP_SECTIONS = ("LISTENER", "POLICY CACHE AND FETCHING", "MONITORING")
 
 # Keys whose default is one value (the others: "not set", CPU count, ...).
 TOP_DEFAULTS: dict[str, object] = {
@@ -120,7 +120,9 @@ TOP_DEFAULTS: dict[str, object] = {
     "negative_ttl": defaults.NEGATIVE_TTL,
     "fetch_backoff_max": defaults.FETCH_BACKOFF_MAX,
     "max_concurrent_fetches": defaults.MAX_CONCURRENT_FETCHES,
+    "log_format": defaults.LOG_FORMAT,
 }
+METRICS_DEFAULTS: dict[str, object] = {"host": defaults.METRICS_HOST}
 ZONE_DEFAULTS: dict[str, object] = {
     "strict_testing": defaults.STRICT_TESTING,
     "timeout": defaults.ZONE_TIMEOUT,
@@ -174,7 +176,7 @@ def test_every_top_level_key_with_a_default_is_listed_here() -> None:
     # checked) or be one whose default is not a single value.
     no_single_default = {
         "path", "mode", "owner", "group", "workers", "cache", "proactive_policy_fetching",
-        "default_zone", "zones", "nameservers", "ca_file",
+        "default_zone", "zones", "nameservers", "ca_file", "metrics",
     }  # fmt: skip
     assert set(config._TOP_KEYS) == set(TOP_DEFAULTS) | no_single_default
 
@@ -193,6 +195,14 @@ def test_every_proactive_key_is_documented(key: str) -> None:
     assert line is not None, key
     if key in PROACTIVE_DEFAULTS:
         assert f"default ``{_shown(PROACTIVE_DEFAULTS[key])}``" in line, line
+
+
+@pytest.mark.parametrize("key", config._METRICS_KEYS)
+def test_every_metrics_key_is_documented(key: str) -> None:
+    line = _term_line(_sections(_page(YML))["MONITORING"], f"metrics.{key}")
+    assert line is not None, key
+    if key in METRICS_DEFAULTS:
+        assert f"default ``{_shown(METRICS_DEFAULTS[key])}``" in line, line
 
 
 @pytest.mark.parametrize("key", sorted(_cache_keys()))
@@ -216,6 +226,7 @@ def test_every_documented_key_exists() -> None:
     known = {
         "LISTENER": set(config._TOP_KEYS),
         "POLICY CACHE AND FETCHING": set(config._TOP_KEYS),
+        "MONITORING": set(config._TOP_KEYS) | {f"metrics.{k}" for k in config._METRICS_KEYS},
         "ZONES": set(config._ZONE_KEYS),
         "PROACTIVE POLICY FETCHING": {
             f"proactive_policy_fetching.{k}" for k in config._PROACTIVE_KEYS

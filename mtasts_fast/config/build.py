@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from .. import defaults
 from .cache_options import cache_config
 from .model import Config, ProactiveFetchConfig
+from .monitoring import log_format, metrics_config
 from .sections import Section
 from .values import (
     boolean,
@@ -57,6 +58,8 @@ TOP_KEYS = (
     "zones",
     "nameservers",
     "ca_file",
+    "metrics",
+    "log_format",
 )
 
 
@@ -102,11 +105,17 @@ def build_config(data: object, filename: str) -> Config:
     for key, value in (("owner", owner), ("group", group)):
         if value is not None and path is None:
             fail(key, "only applies to a unix socket: set 'path' too")
+    port = top.get("port", port_number, defaults.PORT)
+    metrics = None
+    if top.items.get("metrics") is not None:
+        metrics = metrics_config(
+            top.items["metrics"], "metrics", socketmap_port=port, socketmap_path=path
+        )
 
     return Config(
         filename=filename,
         host=top.get("host", word, defaults.HOST),
-        port=top.get("port", port_number, defaults.PORT),
+        port=port,
         path=path,
         # Like the old daemon, `mode` without `path` is accepted and unused.
         mode=top.optional("mode", file_mode),
@@ -134,4 +143,6 @@ def build_config(data: object, filename: str) -> Config:
         zones=zone_configs(top.items.get("zones"), "zones"),
         nameservers=_nameservers(top.items.get("nameservers"), "nameservers"),
         ca_file=top.optional("ca_file", string),
+        metrics=metrics,
+        log_format=top.get("log_format", log_format, defaults.LOG_FORMAT),
     )

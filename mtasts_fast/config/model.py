@@ -64,6 +64,16 @@ class ProactiveFetchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint: TCP (``host``, ``port``) or a unix socket (``path``, ``mode``)."""
+
+    host: str = defaults.METRICS_HOST
+    port: int | None = None
+    path: str | None = None
+    mode: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole daemon configuration. Build it with :meth:`from_yaml`."""
 
@@ -90,6 +100,9 @@ class Config:
     zones: Mapping[str, ZoneConfig]
     nameservers: tuple[str, ...]
     ca_file: str | None
+    # Monitoring (DESIGN.md §9): None means no metrics endpoint.
+    metrics: MetricsConfig | None = None
+    log_format: str = defaults.LOG_FORMAT
 
     @classmethod
     def from_yaml(cls, filename: str | os.PathLike[str]) -> Config:
