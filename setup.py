@@ -22,9 +22,7 @@ if not NO_EXTENSIONS:
                 "mtasts_fast._netstring", ["mtasts_fast/_netstring.pyx"], define_macros=macros
             ),
             Extension("mtasts_fast._matcher", ["mtasts_fast/_matcher.pyx"], define_macros=macros),
-            Extension(
-                "mtasts_fast._counters", ["mtasts_fast/_counters.pyx"], define_macros=macros
-            ),
+            Extension("mtasts_fast._counters", ["mtasts_fast/_counters.pyx"], define_macros=macros),
         ],
         compiler_directives={
             "language_level": "3",
