@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: configuration OK")
         return EXIT_OK
     try:
-        configure_logging(args.verbosity, args.logfile)
+        configure_logging(args.verbosity, args.logfile, config.log_format)
     except OSError as exc:
         print(f"mta-sts-daemon: cannot open log file {args.logfile}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -95,6 +95,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     # Imported here so that --check-config and --help stay fast.
     import encodings.idna  # noqa: F401
 
+    from mtasts_fast.metrics.listener import MetricsListener
     from mtasts_fast.server import ListenError
     from mtasts_fast.workers import Listeners, Supervisor, check_config, make_fetcher
 
@@ -112,6 +113,14 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     except ListenError as exc:
         _log.error("%s", exc)
         return EXIT_FAILURE
+    metrics_listener: MetricsListener | None = None
+    if config.metrics is not None:
+        try:
+            metrics_listener = MetricsListener.bind(config)
+        except ListenError as exc:
+            listeners.close()
+            _log.error("%s", exc)
+            return EXIT_FAILURE
     pidfile_written = False
     try:
         try:
@@ -140,10 +149,13 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             listeners,
             config_path=args.config,
             use_uvloop=not args.disable_uvloop,
+            metrics_listener=metrics_listener,
         )
         code = supervisor.run()
     finally:
         listeners.close()
+        if metrics_listener is not None:
+            metrics_listener.close()
         if pidfile_written:
             _remove_pidfile(args.pidfile)
     if code == EXIT_OK:

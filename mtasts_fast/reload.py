@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
@@ -27,13 +28,23 @@ from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.listeners import Listeners
 from mtasts_fast.prefork import ca_stamp, check_config, make_fetcher
 
-__all__ = ["LISTENER_KEYS", "Generation", "next_generation"]
+__all__ = ["LISTENER_KEYS", "Generation", "NextGeneration", "next_generation"]
 
 # The supervisor's messages keep one logger name, whichever module sends them.
 _log = logging.getLogger("mtasts_fast.workers")
 
 #: Settings fixed when the sockets are bound; a reload cannot change them.
-LISTENER_KEYS = ("host", "port", "path", "mode", "owner", "group", "reuse_port", "backlog")
+LISTENER_KEYS = (
+    "host",
+    "port",
+    "path",
+    "mode",
+    "owner",
+    "group",
+    "reuse_port",
+    "backlog",
+    "metrics",
+)
 
 
 @dataclass(eq=False)
@@ -46,21 +57,32 @@ class Generation:
     ca_stamp: tuple[int, int, int] | None
 
 
-def next_generation(
-    config_path: str, running: Generation, listeners: Listeners
-) -> Generation | None:
-    """The generation after ``running``, read from ``config_path``; None to keep running.
+class NextGeneration(NamedTuple):
+    """What reading the file again gave."""
 
-    None when the file is invalid or changes nothing that the workers use;
-    the reason is logged. A new generation has its fetcher built and its
-    cache backend checked, but no worker runs it yet.
+    generation: Generation | None
+    """The new generation, or None to keep running as before."""
+    outcome: str
+    """"new", "unchanged" or "invalid" (counted by the metrics)."""
+
+
+def next_generation(config_path: str, running: Generation, listeners: Listeners) -> NextGeneration:
+    """The generation after ``running``, read from ``config_path``.
+
+    No generation when the file is invalid or changes nothing that the
+    workers use; the reason is logged. A new generation has its fetcher built
+    and its cache backend checked, but no worker runs it yet.
     """
     current = running.config
     try:
         config = Config.from_yaml(config_path)
     except ConfigError as exc:
-        _log.error("%s; keeping the running configuration", exc)
-        return None
+        _log.error(
+            "%s; keeping the running configuration",
+            exc,
+            extra={"event": "reload-rejected", "reason": str(exc)},
+        )
+        return NextGeneration(None, "invalid")
     changed = [key for key in LISTENER_KEYS if getattr(config, key) != getattr(current, key)]
     if changed:
         _log.warning(
@@ -74,13 +96,17 @@ def next_generation(
     stamp = ca_stamp(config)
     if config == current and stamp == running.ca_stamp:
         _log.info("configuration unchanged; workers keep running")
-        return None
+        return NextGeneration(None, "unchanged")
     try:
         fetcher = make_fetcher(config)
         check_config(config)
     except ConfigError as exc:
-        _log.error("%s; keeping the running configuration", exc)
-        return None
+        _log.error(
+            "%s; keeping the running configuration",
+            exc,
+            extra={"event": "reload-rejected", "reason": str(exc)},
+        )
+        return NextGeneration(None, "invalid")
     if config.workers != current.workers:
         _log.info("workers: %d -> %d", current.workers, config.workers)
         sockets = len(listeners.groups)
@@ -91,4 +117,4 @@ def next_generation(
                 sockets,
                 config.workers,
             )
-    return Generation(running.number + 1, config, fetcher, stamp)
+    return NextGeneration(Generation(running.number + 1, config, fetcher, stamp), "new")

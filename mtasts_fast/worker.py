@@ -4,7 +4,9 @@ The worker opens the cache and the fetcher's resolver and HTTP session itself,
 after the fork (an LMDB environment or a database connection must never cross
 a fork), writes one byte to the ready pipe once it answers, prunes the cache
 and trims the C heap (heap.py) now and then, and stops gracefully on SIGTERM
-or when the supervisor is gone.
+or when the supervisor is gone. It counts into the shared region the
+supervisor mapped for it (metrics/region.py) and reports its heartbeat and
+the backend's health there (metrics/monitor.py).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.heap import trim_forever
-from mtasts_fast.logs import reopen_log_file
+from mtasts_fast.logs import reopen_log_file, set_worker
 from mtasts_fast.maintenance import prune_forever
+from mtasts_fast.metrics.monitor import WorkerMonitor
+from mtasts_fast.metrics.region import Region
+from mtasts_fast.metrics.worker import WorkerMetrics
 from mtasts_fast.proactive import ProactiveRefresher
 from mtasts_fast.responder import Responder
 from mtasts_fast.server import ListenError, SocketmapServer
@@ -74,13 +79,17 @@ def run_worker(
     lifeline_fd: int,
     *,
     use_uvloop: bool,
+    region: Region | None = None,
 ) -> int:
     """Serve ``sockets`` until SIGTERM (or EOF on ``lifeline_fd``); returns the exit code.
 
-    One byte goes to ``ready_fd`` once the worker answers.
+    One byte goes to ``ready_fd`` once the worker answers. Counts go to
+    ``region`` (a private one when None).
     """
     raise_fd_limit(config.max_connections)
-    coro = _serve(number, config, fetcher, sockets, ready_fd, lifeline_fd)
+    set_worker(number)
+    metrics = WorkerMetrics(region) if region is not None else WorkerMetrics.private(config)
+    coro = _serve(number, config, fetcher, sockets, ready_fd, lifeline_fd, metrics)
     if use_uvloop:
         import uvloop
 
@@ -95,6 +104,7 @@ async def _serve(
     sockets: list[socket.socket],
     ready_fd: int,
     lifeline_fd: int,
+    metrics: WorkerMetrics,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -118,9 +128,10 @@ async def _serve(
             cache = create_cache(config.cache, config.filename)
             started.append(cache)
             await cache.setup()
+            metrics.backend_state(True)  # it opened; the monitor's probe tells from now on
             await fetcher.start()
             started.append(fetcher)
-            responder = Responder(config, cache, fetcher)
+            responder = Responder(config, cache, fetcher, metrics=metrics)
             started.append(responder)
             server = SocketmapServer(config, responder)
             await server.start(sockets)
@@ -137,6 +148,7 @@ async def _serve(
         # long as the worker: frozen, a full collection no longer walks it
         # again and again while the worker serves.
         gc.freeze()
+        metrics.heartbeat()
         os.write(ready_fd, READY_BYTE)
         os.close(ready_fd)
         refresher = responder.refresher
@@ -144,6 +156,11 @@ async def _serve(
             asyncio.ensure_future(prune_forever(cache)),
             # Fetches leave freed C memory in the heap; give it back now and then.
             asyncio.ensure_future(trim_forever(lambda: refresher.counts.total())),
+            asyncio.ensure_future(
+                WorkerMonitor(
+                    metrics, cache, refresher, number=number, backend=config.cache.type
+                ).run_forever()
+            ),
         ]
         if config.proactive_policy_fetching.enabled:
             # Every worker competes for the pass; the cache's lease lets one run it.
