@@ -32,6 +32,7 @@ from tests.servers.prometheus import PrometheusServer, PrometheusUnavailable
 from tests.servers.redis import RedisServer, RedisUnavailable
 from tests.servers.world import World
 from tests.socketmap import free_port
+from tests.test_dashboard import queries as dashboard_queries
 
 REQUIRE_ALL = os.environ.get("MTASTS_REQUIRE_ALL", "").strip() not in ("", "0")
 FAILURE_TYPES = (
@@ -363,6 +364,11 @@ def test_a_real_prometheus_scrapes_the_sums(
         assert ratio == pytest.approx(40 / sum(traffic.lookups.values()))
         assert prometheus.value("mtasts_healthy") == 1
         assert prometheus.value('mtasts_workers{state="answering"}') == 2
+        # Every query of contrib/grafana-dashboard.json runs and finds data.
+        for expr in dashboard_queries():
+            prometheus.query(expr)
+        empty = [expr for expr in dashboard_queries() if not prometheus.query(expr)]
+        assert not [e for e in empty if "dane" not in e and "proactive" not in e], empty
         quantile = prometheus.value(
             "histogram_quantile(0.5, sum by (le) (rate(mtasts_fetch_duration_seconds_bucket[1m])))"
         )
