@@ -288,3 +288,19 @@ def test_synopsis_of_the_daemon_lists_every_flag() -> None:
     for action in daemon.build_parser()._actions:
         if action.option_strings and action.dest not in ("help", "version"):
             assert _mentioned(synopsis, action.option_strings[0]), action.option_strings
+
+
+# -- the metrics are documented where operators look ---------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["README", "mta-sts-daemon.8"])
+def test_every_metric_is_documented(page: str) -> None:
+    from mtasts_fast.metrics import catalogue
+
+    if page == "README":
+        text = (MAN.parent.parent / "README.md").read_text(encoding="utf-8")
+        text = text[text.index("## Monitoring") :]
+    else:
+        text = _sections(_page(page))["MONITORING"]
+    missing = [m.name for m in catalogue.ALL if not re.search(rf"\b{m.name}\b", text)]
+    assert missing == []
