@@ -257,6 +257,9 @@ def test_series_of_a_zone_removed_by_a_reload_keep_their_totals() -> None:
     assert samples[_lookups("gone", "no-policy", "backoff")] == 1
     assert samples[_lookups("new", "no-policy", "backoff")] == 0
     assert collector.layout(new) is collector.layout(new)  # built once per configuration
+    for _ in range(20):  # reload after reload: the memo stays small
+        collector.layout(_config(zones={"new": {}}))
+    assert len(collector._layouts) <= 4
 
 
 def test_cache_gauges_sum_internal_caches_and_keep_the_last_shared_count() -> None:

@@ -37,6 +37,8 @@ __all__ = ["HEARTBEAT_STALE", "Collector", "WorkerView", "compiled_extensions"]
 HEARTBEAT_STALE = 5.0
 
 _KEEPS_TOTALS = (cat.COUNTER, cat.HISTOGRAM)
+# Configurations whose layouts are kept for the next fork.
+_LAYOUTS_KEPT = 4
 
 
 class WorkerView(Protocol):
@@ -104,6 +106,10 @@ class Collector:
         if known is None or known[0] is not config:
             known = (config, Layout.for_config(config))
             self._layouts[id(config)] = known
+            # Only the last few configurations fork workers (a region keeps
+            # its own layout): reload after reload must not grow this.
+            while len(self._layouts) > _LAYOUTS_KEPT:
+                del self._layouts[next(iter(self._layouts))]
         return known[1]
 
     # -- events ------------------------------------------------------------------------------
