@@ -482,6 +482,29 @@ def test_json_logs_parse_line_by_line(world: World, started: Callable[..., Metri
     assert [r for r in records if r["event"] == "bad-netstring"]
 
 
+def test_a_reload_switches_the_log_format(
+    world: World, started: Callable[..., MetricsDaemon]
+) -> None:
+    daemon = started(workers=1)
+    settings = dict(daemon.config)
+    settings["log_format"] = "json"
+    daemon.config_path.write_text(yaml.safe_dump(settings))
+    os.kill(daemon.pid, signal.SIGHUP)
+    daemon.wait_until(
+        lambda m: m['mtasts_reloads_total{result="applied"}'] == 1, "the reload", timeout=20
+    )
+    assert daemon.lookup("bad-policy1.loc") == NOTFOUND
+    daemon.stop()
+    lines = daemon.log_text().splitlines()
+    text = [line for line in lines if not line.startswith("{")]
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    # Text until the reload.
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z]+ +\[\d+\] mtasts_fast", text[0])
+    events = {record["event"] for record in records}
+    # The new worker and the supervisor write JSON from then on.
+    assert {"worker-started", "worker-answering", "fetch-failed"} <= events
+
+
 def test_text_logs_stay_the_default(world: World, started: Callable[..., MetricsDaemon]) -> None:
     daemon = started(workers=1)
     daemon.stop()
