@@ -1,4 +1,4 @@
-"""Build the two Cython extensions; all metadata lives in pyproject.toml.
+"""Build the three Cython extensions; all metadata lives in pyproject.toml.
 
 MTASTS_NO_EXTENSIONS=1 builds nothing (pure-Python install).
 MTASTS_DEBUG=1 adds Cython annotations and line tracing for profiling.
@@ -22,6 +22,7 @@ if not NO_EXTENSIONS:
                 "mtasts_fast._netstring", ["mtasts_fast/_netstring.pyx"], define_macros=macros
             ),
             Extension("mtasts_fast._matcher", ["mtasts_fast/_matcher.pyx"], define_macros=macros),
+            Extension("mtasts_fast._counters", ["mtasts_fast/_counters.pyx"], define_macros=macros),
         ],
         compiler_directives={
             "language_level": "3",

@@ -2,6 +2,7 @@
 
     mta-sts-cache [-c FILE] list [--json]
     mta-sts-cache [-c FILE] show DOMAIN [--json]
+    mta-sts-cache [-c FILE] stats [--json]
     mta-sts-cache [-c FILE] purge DOMAIN... | --all
     mta-sts-cache [-c FILE] export [FILE]        JSON lines, "-" = stdout
     mta-sts-cache [-c FILE] import [FILE]        JSON lines, "-" = stdin
@@ -75,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="everything cached for one domain")
     show.add_argument("domain")
     show.add_argument("--json", action="store_true", help="a JSON object")
+    stats = commands.add_parser(
+        "stats", help="how many policies and failure records, their age, the size"
+    )
+    stats.add_argument("--json", action="store_true", help="a JSON object")
     purge = commands.add_parser(
         "purge", help="forget domains (they are fetched and DANE-evaluated again)"
     )
@@ -158,6 +163,8 @@ async def _run(cache: Cache, config: Config, args: argparse.Namespace) -> int:
             return await _list(cache, args.json)
         if args.command == "show":
             return await _show(cache, config, _domain(args.domain), args.json)
+        if args.command == "stats":
+            return await _stats(cache, config, args.json)
         if args.command == "purge":
             return await _purge(cache, args.domains, args.all)
         if args.command == "export":
@@ -232,6 +239,49 @@ async def _show(cache: Cache, config: Config, domain: str, as_json: bool) -> int
         _print_failure(failure)
     _print_dane(dane)
     return status
+
+
+# What the size of each backend measures.
+_SIZE_MEANS = {
+    "lmdb": "on disk",
+    "sqlite": "on disk (the database file and its write-ahead log)",
+    "redis": "of Redis memory (our keys)",
+    "redis_sentinel": "of Redis memory (our keys)",
+    "postgres": "in PostgreSQL (our tables and their indexes)",
+}
+
+
+async def _stats(cache: Cache, config: Config, as_json: bool) -> int:
+    stats = await cache.stats()
+    if as_json:
+        data = {"type": config.cache.type, **dataclasses.asdict(stats)}
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    now = time.time()
+
+    def when(ts: float | None) -> str:
+        return "-" if ts is None else f"{_when(ts)} ({_ago(now - ts)})"
+
+    print(f"cache type:              {config.cache.type}")
+    print(f"policies:                {stats.entries}")
+    print(
+        f"failure records:         {stats.failures} (failed fetches and domains without a policy)"
+    )
+    print(f"least recently checked:  {when(stats.oldest_checked)}")
+    print(f"most recently checked:   {when(stats.newest_checked)}")
+    if stats.size_bytes is not None:
+        size = f"{stats.size_bytes / 2**20:.1f} MiB ({stats.size_bytes} bytes)"
+        print(f"size:                    {size} {_SIZE_MEANS.get(config.cache.type, '')}".rstrip())
+    return EXIT_OK
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 0:
+        return "in the future"
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
 
 
 def _print_failure(failure: FetchFailure) -> None:

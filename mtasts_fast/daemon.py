@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: configuration OK{extra}")
         return EXIT_OK
     try:
-        configure_logging(args.verbosity, args.logfile)
+        configure_logging(args.verbosity, args.logfile, config.log_format)
     except OSError as exc:
         print(f"mta-sts-daemon: cannot open log file {args.logfile}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -121,6 +121,7 @@ def _run(config: Config, overrides: Overrides | None, args: argparse.Namespace) 
     # journal under systemd, so the reason for the hang is on record.
     faulthandler.enable()
 
+    from mtasts_fast.metrics.listener import MetricsListener
     from mtasts_fast.server import ListenError
     from mtasts_fast.workers import Listeners, Supervisor, check_config, make_fetcher
 
@@ -136,6 +137,14 @@ def _run(config: Config, overrides: Overrides | None, args: argparse.Namespace) 
     except ListenError as exc:
         _log.error("%s", exc)
         return EXIT_FAILURE
+    metrics_listener: MetricsListener | None = None
+    if config.metrics is not None:
+        try:
+            metrics_listener = MetricsListener.bind(config)
+        except ListenError as exc:
+            listeners.close()
+            _log.error("%s", exc)
+            return EXIT_FAILURE
     pidfile_written = False
     internal = InternalDirectory()
     try:
@@ -175,6 +184,7 @@ def _run(config: Config, overrides: Overrides | None, args: argparse.Namespace) 
                 use_uvloop=not args.disable_uvloop,
                 internal=internal,
                 overrides=overrides,
+                metrics_listener=metrics_listener,
             )
         except OSError as exc:
             _log.error("cannot start: %s", exc)
@@ -183,6 +193,8 @@ def _run(config: Config, overrides: Overrides | None, args: argparse.Namespace) 
     finally:
         internal.remove()
         listeners.close()
+        if metrics_listener is not None:
+            metrics_listener.close()
         if pidfile_written:
             _remove_pidfile(args.pidfile)
     if code == EXIT_OK:

@@ -191,6 +191,17 @@ CA_FILE: str | None = None
 # A YAML file of per-domain overrides (overrides.py); unset means none.
 POLICY_OVERRIDES: str | None = None
 
+# --- Monitoring (new keys; DESIGN.md §9) -----------------------------------------
+
+# The Prometheus endpoint is off unless the file has a `metrics:` section;
+# when it names a port without a host, it listens on loopback only, like
+# the socketmap port: the counts are nobody else's business.
+METRICS_HOST = "127.0.0.1"
+# Log lines: "text" (the format of every earlier release) or "json" (one
+# object per line, for log shippers).
+LOG_FORMAT = "text"
+LOG_FORMATS = ("text", "json")
+
 # Worker processes sharing the listening port (SO_REUSEPORT) and the cache.
 # One per CPU by default: a worker is single-threaded and CPU-bound on hits.
 MAX_WORKERS = 256

@@ -93,7 +93,7 @@ class ProactiveRefresher:
         self._owner = owner or lease_owner()
         self._clock = clock
         self._lease_ttl = lease_ttl
-        #: Passes this process completed (for tests and the metrics to come).
+        #: Passes this process completed (for tests; the metrics count them too).
         self.passes = 0
 
     async def run_forever(self) -> None:
@@ -137,10 +137,19 @@ class ProactiveRefresher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
                 _log.warning("proactive refresh: lease lost mid-pass; another process continues")
+                self._refresher.metrics.proactive_pass(aborted=True)
                 return PassReport(aborted=True)
             report = work.result()
             await self._cache.set_proactive_ts(self._clock())
             self.passes += 1
+            self._refresher.metrics.proactive_pass(
+                aborted=False,
+                due=report.due,
+                refreshed=report.refreshed,
+                changed=report.changed,
+                kept=report.kept,
+                dropped=report.dropped,
+            )
             return report
         finally:
             renewer.cancel()
@@ -202,6 +211,7 @@ class ProactiveRefresher:
             report.changed,
             report.kept,
             report.dropped,
+            extra={"event": "proactive-pass"},
         )
         return report
 

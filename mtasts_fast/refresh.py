@@ -14,8 +14,10 @@ obey the same rules (DESIGN.md §2 "Coalescing", §4 "Cache semantics"):
 - a valid policy is stored (``mode: none`` replaces an enforce policy at
   once); an invalid or unfetchable one never replaces a valid cached entry
   (RFC 8461 §3.3, §5.1);
-- each fetch outcome is counted under its RFC 8460 result type, and a failure
-  is logged once per attempt, which the backoff makes once per period.
+- each fetch outcome is counted under its RFC 8460 result type (in
+  :attr:`PolicyRefresher.counts` and in the worker's metrics, with its
+  duration), and a failure is logged once per attempt, which the backoff
+  makes once per period.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.config import Config
 from mtasts_fast.fetcher import FetchResult, Outcome, PolicyFetcher
 from mtasts_fast.memo import make_room
+from mtasts_fast.metrics.worker import WorkerMetrics
 
 __all__ = ["PolicyRefresher", "Refreshed", "backoff_delay"]
 
@@ -78,9 +81,12 @@ class PolicyRefresher:
         fetcher: PolicyFetcher,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._cache = cache
         self._fetcher = fetcher
+        #: Where fetches, slot waits and backend errors are counted.
+        self.metrics = metrics if metrics is not None else WorkerMetrics.private(config)
         self._clock = clock
         self._negative_ttl = config.negative_ttl
         self._backoff_max = config.fetch_backoff_max
@@ -92,7 +98,7 @@ class PolicyRefresher:
         self.fallback = InternalCache(_FALLBACK_SIZE)
         # "read" and/or "write" while they fail, with the calls failed since.
         self._failing: dict[str, int] = {}
-        #: Failed backend calls since start (for the metrics to come).
+        #: Failed backend calls since start.
         self.backend_errors = 0
         #: Fetch outcomes by kind: "policy", "not-changed", "no-policy", the RFC
         #: 8460 result types, "backoff" (skipped: the domain is backing off) and
@@ -155,6 +161,8 @@ class PolicyRefresher:
             )
             self._inflight[key] = future
             future.add_done_callback(lambda _f: self._inflight.pop(key, None))
+        else:
+            self.metrics.coalesced()
         # A caller that goes away (client disconnect, shutdown) must not cancel
         # the fetch the other callers are waiting for.
         return asyncio.shield(future)
@@ -172,15 +180,18 @@ class PolicyRefresher:
         if last_failure is not None and now < last_failure.retry_at:
             # Another worker or host failed (or found no policy) recently.
             self.counts["backoff"] += 1
+            self.metrics.skipped("backoff")
             self._remember_retry(domain, last_failure.retry_at)
             return self._keep(previous, now, not last_failure.no_policy, "backoff")
         try:
             if self._slots.locked():
+                self.metrics.slot_wait()
                 await asyncio.wait_for(self._slots.acquire(), timeout)
             else:
                 await self._slots.acquire()
         except TimeoutError:
             self.counts["no-slot"] += 1
+            self.metrics.skipped("no-slot")
             _log.warning(
                 "no fetch slot for %s within %.3g s: %d fetches already in flight "
                 "(max_concurrent_fetches)",
@@ -189,6 +200,7 @@ class PolicyRefresher:
                 len(self._inflight) - 1,
             )
             return self._keep(previous, self._clock(), True, "no-slot")
+        started = time.monotonic()
         try:
             result = await self._fetcher.fetch(domain, timeout, known_id)
         except Exception:
@@ -204,6 +216,7 @@ class PolicyRefresher:
         now = self._clock()
         kind = result.result_type or result.outcome.value
         self.counts[kind] += 1
+        self.metrics.fetched(kind, time.monotonic() - started)
         entry = _entry_from(result, domain, now, previous)
         if entry is None:
             await self._record_failure(domain, result, now, previous, last_failure, proactive)
@@ -268,7 +281,12 @@ class PolicyRefresher:
             failure = FetchFailure(
                 domain, NO_POLICY, result.stage, result.reason, now, now + self._negative_ttl, 1
             )
-            _log.debug("no MTA-STS policy for %s: %s", domain, result.reason)
+            _log.debug(
+                "no MTA-STS policy for %s: %s",
+                domain,
+                result.reason,
+                extra={"event": "no-policy", "domain": domain, "reason": result.reason},
+            )
         if failure.retry_at > now:
             self._remember_retry(domain, failure.retry_at)
         try:
@@ -282,6 +300,10 @@ class PolicyRefresher:
     def backend_failed(self, what: str, exc: Exception) -> None:
         """Count a failed backend call; ``what`` is "read" or "write"."""
         self.backend_errors += 1
+        self.metrics.backend_error(outage=not self._failing)
+        reason = str(exc) or type(exc).__name__
+        if what == "read":
+            self.metrics.backend_state(False, reason)
         failed = self._failing.get(what)
         self._failing[what] = (failed or 0) + 1
         if failed is None:
@@ -289,7 +311,8 @@ class PolicyRefresher:
                 "cache backend %s failed (%s); answering from fetches and an in-process "
                 "fallback cache until it is back",
                 what,
-                exc or type(exc).__name__,
+                reason,
+                extra={"event": "cache-backend-down", "reason": reason},
             )
 
     def backend_ok(self, what: str) -> None:
@@ -299,7 +322,14 @@ class PolicyRefresher:
         # recovery that the next write contradicts (a log line per lookup).
         failed = self._failing.pop(what, None)
         if failed is not None:
-            _log.warning("cache backend is back for %ss after %d failed calls", what, failed)
+            if what == "read":
+                self.metrics.backend_state(True)
+            _log.warning(
+                "cache backend is back for %ss after %d failed calls",
+                what,
+                failed,
+                extra={"event": "cache-backend-up"},
+            )
 
     @property
     def backend_down(self) -> bool:
@@ -358,4 +388,10 @@ def _log_failure(
         retry,
         round(failure.retry_at - now),
         failure.attempts,
+        extra={
+            "event": "fetch-failed",
+            "domain": failure.domain,
+            "result_type": failure.result_type,
+            "reason": failure.reason,
+        },
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mtasts_fast.cache.internal_dir import InternalDirectory
 from mtasts_fast.config import CacheConfig, Config
@@ -31,13 +32,23 @@ from mtasts_fast.listeners import Listeners
 from mtasts_fast.overrides import Overrides, overrides_for
 from mtasts_fast.prefork import ca_stamp, check_config, make_fetcher
 
-__all__ = ["LISTENER_KEYS", "Generation", "next_generation"]
+__all__ = ["LISTENER_KEYS", "Generation", "NextGeneration", "next_generation"]
 
 # The supervisor's messages keep one logger name, whichever module sends them.
 _log = logging.getLogger("mtasts_fast.workers")
 
 #: Settings fixed when the sockets are bound; a reload cannot change them.
-LISTENER_KEYS = ("host", "port", "path", "mode", "owner", "group", "reuse_port", "backlog")
+LISTENER_KEYS = (
+    "host",
+    "port",
+    "path",
+    "mode",
+    "owner",
+    "group",
+    "reuse_port",
+    "backlog",
+    "metrics",
+)
 
 
 @dataclass(eq=False)
@@ -55,14 +66,23 @@ class Generation:
     overrides: Overrides | None = None
 
 
+class NextGeneration(NamedTuple):
+    """What reading the file again gave."""
+
+    generation: Generation | None
+    """The new generation, or None to keep running as before."""
+    outcome: str
+    """"new", "unchanged" or "invalid" (counted by the metrics)."""
+
+
 def next_generation(
     config_path: str, running: Generation, listeners: Listeners, internal: InternalDirectory
-) -> Generation | None:
-    """The generation after ``running``, read from ``config_path``; None to keep running.
+) -> NextGeneration:
+    """The generation after ``running``, read from ``config_path``.
 
-    None when the file is invalid or changes nothing that the workers use;
-    the reason is logged. A new generation has its fetcher built and its
-    cache backend checked, but no worker runs it yet.
+    No generation when the file is invalid or changes nothing that the
+    workers use; the reason is logged. A new generation has its fetcher built
+    and its cache backend checked, but no worker runs it yet.
     """
     current = running.config
     try:
@@ -70,8 +90,12 @@ def next_generation(
         # Re-read at every reload, changed or not: its content is what counts.
         overrides = overrides_for(config)
     except ConfigError as exc:
-        _log.error("%s; keeping the running configuration", exc)
-        return None
+        _log.error(
+            "%s; keeping the running configuration",
+            exc,
+            extra={"event": "reload-rejected", "reason": str(exc)},
+        )
+        return NextGeneration(None, "invalid")
     changed = [key for key in LISTENER_KEYS if getattr(config, key) != getattr(current, key)]
     if changed:
         # Under socket activation a restart changes nothing either: the socket
@@ -88,7 +112,7 @@ def next_generation(
     stamp = ca_stamp(config)
     if config == current and stamp == running.ca_stamp and overrides == running.overrides:
         _log.info("configuration unchanged; workers keep running")
-        return None
+        return NextGeneration(None, "unchanged")
     if overrides is not None and overrides != running.overrides:
         _log.info("policy overrides: %d entries in %s", len(overrides), overrides.filename)
     try:
@@ -96,11 +120,19 @@ def next_generation(
         check_config(config)
         cache = internal.cache_config(config.cache)
     except ConfigError as exc:
-        _log.error("%s; keeping the running configuration", exc)
-        return None
+        _log.error(
+            "%s; keeping the running configuration",
+            exc,
+            extra={"event": "reload-rejected", "reason": str(exc)},
+        )
+        return NextGeneration(None, "invalid")
     except OSError as exc:
-        _log.error("%s; keeping the running configuration", exc)
-        return None
+        _log.error(
+            "%s; keeping the running configuration",
+            exc,
+            extra={"event": "reload-rejected", "reason": str(exc)},
+        )
+        return NextGeneration(None, "invalid")
     if config.workers != current.workers:
         _log.info("workers: %d -> %d", current.workers, config.workers)
         sockets = len(listeners.groups)
@@ -111,4 +143,6 @@ def next_generation(
                 sockets,
                 config.workers,
             )
-    return Generation(running.number + 1, config, fetcher, stamp, cache, overrides)
+    return NextGeneration(
+        Generation(running.number + 1, config, fetcher, stamp, cache, overrides), "new"
+    )

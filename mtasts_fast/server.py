@@ -88,6 +88,7 @@ class SocketmapProtocol(asyncio.Protocol):
             server.refuse(transport)
             return
         server.connections.add(self)
+        server.metrics.connection_accepted(len(server.connections))
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
@@ -95,7 +96,10 @@ class SocketmapProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
+        connections = self._server.connections
+        if self in connections:
+            connections.discard(self)
+            self._server.metrics.connection_closed(len(connections))
         self._closing = True
         for item in self._pending:
             if not isinstance(item, bytes):
@@ -121,7 +125,12 @@ class SocketmapProtocol(asyncio.Protocol):
         except NetstringError as exc:
             # Answer what came before the bad netstring, then hang up; only
             # this connection is affected (DESIGN.md §3).
-            _log.info("closing connection after a bad netstring: %s", exc)
+            self._server.metrics.bad_netstring()
+            _log.info(
+                "closing connection after a bad netstring: %s",
+                exc,
+                extra={"event": "bad-netstring", "reason": str(exc)},
+            )
             for payload in exc.payloads:
                 self._handle(payload)
             self._closing = True
@@ -228,6 +237,7 @@ class SocketmapProtocol(asyncio.Protocol):
             transport.abort()
         else:
             _log.debug("closing idle connection")
+            self._server.metrics.idle_closed()
             transport.close()
 
 
@@ -237,6 +247,8 @@ class SocketmapServer:
     def __init__(self, config: Config, responder: Responder) -> None:
         self.config = config
         self.responder = responder
+        #: The worker's counters (the responder's): connections are counted there too.
+        self.metrics = responder.metrics
         self.max_connections = config.max_connections
         self.connections: set[SocketmapProtocol] = set()
         self.tick = 0
@@ -300,11 +312,13 @@ class SocketmapServer:
         # Over the limit: close at once rather than queue, so the worker's memory
         # and descriptors stay bounded; Postfix retries the lookup.
         self._refused += 1
+        self.metrics.connection_refused()
         if self._refused == 1 or self._refused % 1000 == 0:
             _log.warning(
                 "max_connections (%d) reached; refused %d connection(s) so far",
                 self.max_connections,
                 self._refused,
+                extra={"event": "connection-refused"},
             )
         transport.abort()
 

@@ -24,9 +24,14 @@ which do all the serving. :class:`Supervisor` decides what happens to them:
   the port is served; a supervisor stuck, or one left with no answering
   worker for a whole interval, is restarted by systemd.
 
+* **Metrics.** Every worker start gets a shared region for its counters;
+  a reaped worker's counts are folded into the totals (metrics/collector.py).
+  With ``metrics:`` set, ``/metrics`` and ``/healthz`` are served from this
+  loop (metrics/http.py).
+
 The supervisor is a plain loop around ``poll()``: it never creates an event
-loop, so a child inherits no selector, no loop and no wake-up descriptor
-that it would have to tear down.
+loop (nor a thread), so a child inherits no selector, no loop and no wake-up
+descriptor that it would have to tear down.
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ from mtasts_fast.cache.internal_dir import InternalDirectory
 from mtasts_fast.config import Config
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.listeners import Listeners
-from mtasts_fast.logs import reopen_log_file
+from mtasts_fast.logs import reopen_log_file, set_log_format
+from mtasts_fast.metrics.collector import Collector
+from mtasts_fast.metrics.http import MetricsHttpServer, Response
+from mtasts_fast.metrics.listener import MetricsListener
 from mtasts_fast.overrides import Overrides
 from mtasts_fast.prefork import ca_stamp
 from mtasts_fast.reload import Generation, next_generation
@@ -102,6 +110,7 @@ class Supervisor:
         notifier: Notifier | None = None,
         internal: InternalDirectory | None = None,
         overrides: Overrides | None = None,
+        metrics_listener: MetricsListener | None = None,
     ) -> None:
         """OSError if the ``internal`` cache's directory cannot be created."""
         self._listeners = listeners
@@ -114,9 +123,15 @@ class Supervisor:
             _log.info("policy overrides: %d entries in %s", len(overrides), overrides.filename)
         self._previous: Generation | None = None  # while a reload is under way
         self._poll = select.poll()
+        self._metrics = Collector(config)
         self._workers = WorkerProcesses(
-            listeners, self._poll, self._notifier, use_uvloop=use_uvloop
+            listeners, self._poll, self._notifier, use_uvloop=use_uvloop, metrics=self._metrics
         )
+        self._http: MetricsHttpServer | None = None
+        if metrics_listener is not None:
+            self._http = MetricsHttpServer(metrics_listener.sockets, self._poll, self._serve_http)
+            self._workers.in_child.append(self._http.forget_in_child)
+            _log.info("metrics on %s (/metrics, /healthz)", metrics_listener.describe())
         self._restart_at: dict[int, float] = {}  # slot → monotonic time
         self._next_delay: dict[int, float] = {}  # slot → backoff
         self._signals: deque[int] = deque()
@@ -151,6 +166,8 @@ class Supervisor:
         finally:
             self._uninstall_signals()
             self._notifier.close()
+            if self._http is not None:
+                self._http.close()
         return self._exit_code
 
     def _install_signals(self) -> None:
@@ -186,6 +203,10 @@ class Supervisor:
                 due.append(worker.kill_at)
             if not (worker.ready or worker.retiring or worker.start_timed_out or self._stopping):
                 due.append(worker.started + START_TIMEOUT)
+        if self._http is not None:
+            deadline = self._http.next_deadline()
+            if deadline is not None:
+                due.append(deadline)
         if self._stopping:
             due.append(self._stop_deadline)
         elif self._notifier.watchdog_interval is not None and self._watchdog_due > now:
@@ -195,19 +216,27 @@ class Supervisor:
         return max(0.0, min(due) - now)
 
     def _wait(self, timeout: float) -> None:
-        for fd, _ in self._poll.poll(int(timeout * 1000) + 1):
+        for fd, events in self._poll.poll(int(timeout * 1000) + 1):
             if fd == self._wake_r:
                 with contextlib.suppress(OSError):
                     while os.read(fd, 256):
                         pass
+            elif self._http is not None and self._http.handles(fd):
+                self._http.on_event(fd, events)
             else:
                 self._workers.read_ready(fd)
+
+    def _serve_http(self, path: str) -> Response:
+        """A page of the metrics endpoint (metrics/http.py asks per request)."""
+        return self._metrics.respond(path, self._workers.by_pid.values(), stopping=self._stopping)
 
     # -- worker processes -------------------------------------------------------------------
 
     def _on_exit(self, worker: WorkerProcess, code: int) -> None:
         now = time.monotonic()
         how = describe_exit(code)
+        # Its counts join the totals now, before anything else can happen to it.
+        self._metrics.worker_exited(worker.region, crashed=not (self._stopping or worker.retiring))
         if self._stopping or worker.retiring:
             if code == 0:
                 _log.info("%s stopped", worker.name)
@@ -236,7 +265,12 @@ class Supervisor:
         self._next_delay[slot] = min(delay * 2, RESTART_DELAY_MAX)
         self._restart_at[slot] = now + delay
         _log.error(
-            "%s died (%s) after %.1f s; restarting in %.1f s", worker.name, how, uptime, delay
+            "%s died (%s) after %.1f s; restarting in %.1f s",
+            worker.name,
+            how,
+            uptime,
+            delay,
+            extra={"event": "worker-died", "reason": how},
         )
 
     def _any_ready(self) -> bool:
@@ -250,6 +284,8 @@ class Supervisor:
 
     def _check_timers(self) -> None:
         now = time.monotonic()
+        if self._http is not None:
+            self._http.expire(now)
         for worker in list(self._workers.by_pid.values()):
             if worker.kill_at is not None and now >= worker.kill_at:
                 _log.warning("%s did not stop in time; killing it", worker.name)
@@ -300,7 +336,7 @@ class Supervisor:
                 continue
             if old and starting:
                 break  # a reload replaces one worker at a time
-            self._restart_at.pop(slot, None)
+            restart = self._restart_at.pop(slot, None) is not None
             try:
                 current[slot] = self._workers.spawn(slot, gen)
             except OSError as exc:  # fork() or pipe(): out of processes or descriptors
@@ -309,6 +345,7 @@ class Supervisor:
                 self._restart_at[slot] = now + delay
                 _log.error("cannot start worker %d: %s; retrying in %.1f s", slot + 1, exc, delay)
                 continue
+            self._metrics.worker_started(restart=restart)
             starting = True
         if old:
             self._retire_replaced(current, old)
@@ -326,6 +363,7 @@ class Supervisor:
                 return  # a predecessor still accepts or owes replies: not done yet
             self._reloading = False
             self._previous = None
+            self._metrics.reload_result("applied")
             _log.info("reloaded %s: %s", self._config_path, status)
             self._notifier.notify("READY=1", f"STATUS={status}")
             if self._reload_again:
@@ -427,9 +465,15 @@ class Supervisor:
     # -- reload -----------------------------------------------------------------------------
 
     def _reload(self) -> None:
-        gen = next_generation(self._config_path, self._gen, self._listeners, self._internal)
+        gen, outcome = next_generation(
+            self._config_path, self._gen, self._listeners, self._internal
+        )
         if gen is None:
+            self._metrics.reload_result(outcome)
             return
+        if gen.config.log_format != self._gen.config.log_format:
+            # The workers forked from now on inherit the new format.
+            set_log_format(gen.config.log_format)
         self._notifier.notify(
             "RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading"
         )
@@ -448,6 +492,9 @@ class Supervisor:
             how,
         )
         failed, self._gen, self._previous = self._gen, self._previous, None
+        self._metrics.reload_result("aborted")
+        if failed.config.log_format != self._gen.config.log_format:
+            set_log_format(self._gen.config.log_format)
         for other in list(self._workers.by_pid.values()):
             if other.gen is failed and not other.retiring:
                 self._retire(other, "belongs to the abandoned configuration")

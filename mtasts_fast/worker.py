@@ -4,7 +4,9 @@ The worker opens the cache and the fetcher's resolver and HTTP session itself,
 after the fork (an LMDB environment or a database connection must never cross
 a fork), writes one byte to the ready pipe once it answers, prunes the cache
 and trims the C heap (heap.py) now and then, and stops gracefully on SIGTERM
-or when the supervisor is gone.
+or when the supervisor is gone. It counts into the shared region the
+supervisor mapped for it (metrics/region.py) and reports its heartbeat and
+the backend's health there (metrics/monitor.py).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from mtasts_fast.dane.startup import log_start_notes
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.heap import trim_forever
-from mtasts_fast.logs import reopen_log_file
+from mtasts_fast.logs import reopen_log_file, set_worker
 from mtasts_fast.maintenance import prune_forever
+from mtasts_fast.metrics.monitor import WorkerMonitor
+from mtasts_fast.metrics.region import Region
+from mtasts_fast.metrics.worker import WorkerMetrics
 from mtasts_fast.overrides import Overrides
 from mtasts_fast.proactive import ProactiveRefresher
 from mtasts_fast.responder import Responder
@@ -80,17 +85,28 @@ def run_worker(
     use_uvloop: bool,
     cache: CacheConfig | None = None,
     overrides: Overrides | None = None,
+    region: Region | None = None,
 ) -> int:
     """Serve ``sockets`` until SIGTERM (or EOF on ``lifeline_fd``); returns the exit code.
 
     One byte goes to ``ready_fd`` once the worker answers. ``cache``: the
     backend to open, when it is not ``config.cache`` (the supervisor's
     shared ``internal`` cache). ``overrides``: the policy overrides, read
-    by the supervisor.
+    by the supervisor. Counts go to ``region`` (a private one when None).
     """
     raise_fd_limit(config.max_connections)
+    set_worker(number)
+    metrics = WorkerMetrics(region) if region is not None else WorkerMetrics.private(config)
     coro = _serve(
-        number, config, cache or config.cache, overrides, fetcher, sockets, ready_fd, lifeline_fd
+        number,
+        config,
+        cache or config.cache,
+        overrides,
+        fetcher,
+        sockets,
+        ready_fd,
+        lifeline_fd,
+        metrics,
     )
     if use_uvloop:
         import uvloop
@@ -108,6 +124,7 @@ async def _serve(
     sockets: list[socket.socket],
     ready_fd: int,
     lifeline_fd: int,
+    metrics: WorkerMetrics,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -131,13 +148,20 @@ async def _serve(
             cache = create_cache(cache_config, config.filename)
             started.append(cache)
             await cache.setup()
+            metrics.backend_state(True)  # it opened; the monitor's probe tells from now on
             await fetcher.start()
             started.append(fetcher)
             resolver, probe = _dane(config, loud=number == 1)
             if number == 1:
                 log_start_notes(config, resolver)
             responder = Responder(
-                config, cache, fetcher, resolver=resolver, probe=probe, overrides=overrides
+                config,
+                cache,
+                fetcher,
+                resolver=resolver,
+                probe=probe,
+                overrides=overrides,
+                metrics=metrics,
             )
             started.append(responder)
             server = SocketmapServer(config, responder)
@@ -155,6 +179,7 @@ async def _serve(
         # long as the worker: frozen, a full collection no longer walks it
         # again and again while the worker serves.
         gc.freeze()
+        metrics.heartbeat()
         os.write(ready_fd, READY_BYTE)
         os.close(ready_fd)
         refresher = responder.refresher
@@ -162,6 +187,11 @@ async def _serve(
             asyncio.ensure_future(prune_forever(cache)),
             # Fetches leave freed C memory in the heap; give it back now and then.
             asyncio.ensure_future(trim_forever(lambda: refresher.counts.total())),
+            asyncio.ensure_future(
+                WorkerMonitor(
+                    metrics, cache, refresher, number=number, backend=config.cache.type
+                ).run_forever()
+            ),
         ]
         if probe is not None:
             # At start and hourly: DANE detection is off while the resolver

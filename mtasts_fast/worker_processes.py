@@ -11,6 +11,10 @@ database connection must never cross a fork. It tells the supervisor it is
 answering by writing one byte to a pipe. It ignores SIGINT (Ctrl-C in a
 terminal reaches the whole process group; the supervisor decides), stops
 gracefully on SIGTERM and reopens its log file on SIGHUP.
+
+Each worker start gets a shared region for its counters (metrics/region.py),
+mapped here just before the fork; the worker unmaps the other workers'
+regions and closes the metrics endpoint's sockets it inherited.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from mtasts_fast.listeners import Listeners
+from mtasts_fast.metrics.collector import Collector
+from mtasts_fast.metrics.region import Region
 from mtasts_fast.reload import Generation
 from mtasts_fast.sdnotify import Notifier
 from mtasts_fast.worker import (
@@ -61,6 +67,7 @@ class WorkerProcess:
     retiring: bool = False  # replaced or scaled away; SIGTERM sent
     kill_at: float | None = None
     start_timed_out: bool = False
+    region: Region | None = None  # its counters; unmapped when it has been reaped
 
     @property
     def name(self) -> str:
@@ -85,6 +92,7 @@ class WorkerProcesses:
         notifier: Notifier,
         *,
         use_uvloop: bool,
+        metrics: Collector,
     ) -> None:
         self.by_pid: dict[int, WorkerProcess] = {}
         self._by_fd: dict[int, WorkerProcess] = {}  # by ready-pipe descriptor
@@ -92,6 +100,10 @@ class WorkerProcesses:
         self._poll = poll
         self._notifier = notifier
         self._use_uvloop = use_uvloop
+        self._metrics = metrics
+        #: Called in a new worker before it runs: closes what belongs to the
+        #: supervisor alone (the metrics endpoint's sockets).
+        self.in_child: list[Callable[[], None]] = []
         self._supervisor_fds: tuple[int, ...] = ()
         # Workers watch the read end: EOF means the supervisor is gone (even
         # after kill -9), and orphaned workers must not hold the port forever.
@@ -115,7 +127,12 @@ class WorkerProcesses:
     def spawn(self, slot: int, gen: Generation) -> WorkerProcess:
         """Fork worker ``slot`` of ``gen``; OSError if fork() or pipe() fails."""
         groups = self._listeners.groups_for(slot, gen.config.workers)
-        ready_r, ready_w = os.pipe()
+        region = self._metrics.new_region(gen.config)
+        try:
+            ready_r, ready_w = os.pipe()
+        except BaseException:
+            region.close()
+            raise
         # Signals stay blocked across fork(): a SIGTERM sent to a brand-new
         # worker must not run the supervisor's handler in the child and be lost.
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
@@ -125,12 +142,13 @@ class WorkerProcesses:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(ready_r)
             os.close(ready_w)
+            region.close()
             raise
         if pid == 0:  # the worker: never return into the supervisor's code
             code = _EXIT_FAILURE
             try:
                 os.close(ready_r)
-                self._become_worker(groups, ready_w)
+                self._become_worker(groups, ready_w, region)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = run_worker(
                     slot + 1,
@@ -142,6 +160,7 @@ class WorkerProcesses:
                     use_uvloop=self._use_uvloop,
                     cache=gen.cache,
                     overrides=gen.overrides,
+                    region=region,
                 )
             except BaseException:
                 with contextlib.suppress(BaseException):
@@ -152,14 +171,14 @@ class WorkerProcesses:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(ready_w)
         os.set_blocking(ready_r, False)
-        worker = WorkerProcess(slot, gen, pid, groups, time.monotonic(), ready_r)
+        worker = WorkerProcess(slot, gen, pid, groups, time.monotonic(), ready_r, region=region)
         self.by_pid[pid] = worker
         self._by_fd[ready_r] = worker
         self._poll.register(ready_r, select.POLLIN)
-        _log.info("worker %d started (pid %d)", slot + 1, pid)
+        _log.info("worker %d started (pid %d)", slot + 1, pid, extra={"event": "worker-started"})
         return worker
 
-    def _become_worker(self, groups: tuple[int, ...], ready_w: int) -> None:
+    def _become_worker(self, groups: tuple[int, ...], ready_w: int, region: Region) -> None:
         """In the child, before any event loop: drop what belongs to the supervisor."""
         # A signal the supervisor had received but not yet handled when it
         # forked is still flagged in the child's copy of the interpreter;
@@ -177,6 +196,13 @@ class WorkerProcesses:
         for fd in (*self._supervisor_fds, self._life_w, *self._by_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        # The other workers' counters are theirs to write and the supervisor's
+        # to read; this worker unmaps them (its own copy of the mappings only).
+        for other in self.by_pid.values():
+            if other.region is not None and other.region is not region:
+                other.region.close()
+        for forget in self.in_child:
+            forget()
         mine = {sock.fileno() for sock in self._listeners.sockets(groups)}
         for group in self._listeners.groups:
             for sock in group:
@@ -207,6 +233,7 @@ class WorkerProcesses:
                 worker.name,
                 worker.gen.number,
                 time.monotonic() - worker.started,
+                extra={"event": "worker-answering"},
             )
         # One byte is all a worker ever writes; after it (or EOF) the pipe is done.
         self._close_pipe(worker)

@@ -186,6 +186,30 @@ class CacheContract:
         await cache.set_proactive_ts(321.5)
         assert await cache.get_proactive_ts() == 321.5
 
+    async def test_stats_count_entries_failures_and_the_checked_range(self, cache: Cache) -> None:
+        empty = await cache.stats()
+        assert (empty.entries, empty.failures) == (0, 0)
+        assert (empty.oldest_checked, empty.newest_checked) == (None, None)
+        now = time.time()
+        await cache.put(make_entry("old.example", fetched_at=now - 3000, checked_at=now - 2000))
+        await cache.put(make_entry("mid.example", fetched_at=now - 100))
+        await cache.put(make_entry("new.example", fetched_at=now - 50, checked_at=now - 10))
+        # Rewritten with a later check: its old place in any index is stale.
+        await cache.put(make_entry("mid.example", fetched_at=now - 100, checked_at=now - 5))
+        await cache.put_failure(make_failure("broken.example"))
+        await cache.put_failure(make_failure("none.example", result_type=NO_POLICY))
+        stats = await cache.stats()
+        assert (stats.entries, stats.failures) == (3, 2)
+        assert stats.oldest_checked == now - 2000
+        assert stats.newest_checked == now - 5
+        if stats.size_bytes is not None:
+            assert stats.size_bytes > 0
+        await cache.delete("old.example")
+        await cache.delete_failure("broken.example")
+        stats = await cache.stats()
+        assert (stats.entries, stats.failures) == (2, 1)
+        assert stats.oldest_checked == now - 10
+
     async def test_sync_read_matches_async_read(self, cache: Cache) -> None:
         if not cache.synchronous_reads:
             with pytest.raises(NotImplementedError):

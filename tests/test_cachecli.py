@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -177,6 +178,31 @@ def test_dane_states_are_not_listed_or_exported(
     out = capsys.readouterr().out
     assert "a.example" in out
     assert "dane.example" not in out
+
+
+def test_stats(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _seed(config_file, "a.example", "b.example", "c.example")
+    assert main(["-c", str(config_file), "stats"]) == 0
+    out = capsys.readouterr().out
+    assert "cache type:              lmdb\n" in out
+    assert "policies:                3\n" in out
+    assert "failure records:         0 " in out
+    assert re.search(r"most recently checked:   \d{4}-\d\d-\d\d \S+Z \(\d+ s ago\)", out), out
+    assert re.search(r"size: +[\d.]+ MiB \(\d+ bytes\) on disk", out), out
+    assert main(["-c", str(config_file), "stats", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["type"] == "lmdb"
+    assert data["entries"] == 3
+    assert data["failures"] == 0
+    assert data["oldest_checked"] <= data["newest_checked"] <= time.time()
+    assert data["size_bytes"] == (config_file.parent / "cache.lmdb").stat().st_size
+
+
+def test_stats_of_an_empty_cache(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(config_file), "stats"]) == 0
+    out = capsys.readouterr().out
+    assert "policies:                0\n" in out
+    assert "least recently checked:  -\n" in out
 
 
 def test_export_import_round_trip(

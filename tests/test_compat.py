@@ -13,7 +13,7 @@ _HIDE_EXTENSIONS = """
 import sys
 class Hide:
     def find_spec(self, name, path=None, target=None):
-        if name in ("mtasts_fast._netstring", "mtasts_fast._matcher"):
+        if name in ("mtasts_fast._netstring", "mtasts_fast._matcher", "mtasts_fast._counters"):
             raise ImportError("hidden by the test: " + name)
         return None
 sys.meta_path.insert(0, Hide())
@@ -33,7 +33,9 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("module", ["mtasts_fast.netstring", "mtasts_fast.matcher"])
+@pytest.mark.parametrize(
+    "module", ["mtasts_fast.netstring", "mtasts_fast.matcher", "mtasts_fast.counters"]
+)
 def test_missing_extension_fails_when_required(module: str) -> None:
     result = _run(f"import {module}", MTASTS_REQUIRE_EXTENSIONS="1")
     assert result.returncode != 0
@@ -42,9 +44,10 @@ def test_missing_extension_fails_when_required(module: str) -> None:
 
 def test_missing_extension_falls_back_to_python() -> None:
     result = _run(
-        "from mtasts_fast import netstring, matcher\n"
+        "from mtasts_fast import netstring, matcher, counters\n"
         "assert netstring.NetstringParser is netstring.NetstringParserPy\n"
         "assert matcher.mx_matches is matcher.mx_matches_py\n"
+        "assert counters.CounterArray is counters.CounterArrayPy\n"
     )
     assert result.returncode == 0, result.stderr
 
@@ -52,9 +55,10 @@ def test_missing_extension_falls_back_to_python() -> None:
 def test_no_extensions_switch_selects_python() -> None:
     result = _run(
         "import sys; sys.meta_path.pop(0)\n"
-        "from mtasts_fast import netstring, matcher\n"
+        "from mtasts_fast import netstring, matcher, counters\n"
         "assert netstring.NetstringParser is netstring.NetstringParserPy\n"
-        "assert matcher.mx_matches is matcher.mx_matches_py\n",
+        "assert matcher.mx_matches is matcher.mx_matches_py\n"
+        "assert counters.CounterArray is counters.CounterArrayPy\n",
         MTASTS_NO_EXTENSIONS="1",
     )
     assert result.returncode == 0, result.stderr

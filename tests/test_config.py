@@ -613,6 +613,15 @@ def test_tlsrpt_testing_level_values(level: str) -> None:
         pytest.param(
             "dnssec_probe_interval: 60", "dnssec_probe_interval", 60.0, id="probe-interval"
         ),
+        pytest.param("metrics: {port: 9461}", "metrics.port", 9461, id="metrics-port"),
+        pytest.param("metrics: {port: 9461}", "metrics.host", "127.0.0.1", id="metrics-host"),
+        pytest.param("metrics: {host: '::1', port: 1}", "metrics.host", "::1", id="metrics-v6"),
+        pytest.param("metrics: {path: /run/m.sock}", "metrics.path", "/run/m.sock", id="m-path"),
+        pytest.param("metrics: {path: /m, mode: '0640'}", "metrics.mode", 0o640, id="m-mode"),
+        pytest.param("path: /s\nmetrics: {port: 8461}", "metrics.port", 8461, id="m-unix-map"),
+        pytest.param("metrics:", "metrics", None, id="metrics-commented-out"),
+        pytest.param("log_format: json", "log_format", "json", id="log-format-json"),
+        pytest.param("log_format: text", "log_format", "text", id="log-format-text"),
     ],
 )
 def test_accepted_values(tmp_path: Path, text: str, key: str, expected: object) -> None:
@@ -1066,6 +1075,35 @@ REJECTED = [
     pytest.param(
         "dnssec_probe_interval: 0", "dnssec_probe_interval", "greater than 0", id="probe-interval-0"
     ),
+    # monitoring
+    pytest.param(
+        "metrics: {port: 8461}",
+        "metrics.port",
+        "must differ from the socketmap port (8461)",
+        id="metrics-on-the-socketmap-port",
+    ),
+    pytest.param(
+        "port: 9000\nmetrics: {host: 0.0.0.0, port: 9000}",
+        "metrics.port",
+        "must differ from the socketmap port (9000)",
+        id="metrics-on-the-socketmap-port-other-host",
+    ),
+    pytest.param(
+        "path: /run/s\nmetrics: {path: /run/s}",
+        "metrics.path",
+        "must differ from the socketmap socket's path",
+        id="metrics-on-the-socketmap-socket",
+    ),
+    pytest.param("metrics: {}", "metrics", "set port (and host) for TCP, or path", id="m-empty"),
+    pytest.param(
+        "metrics: {port: 1, path: /m}", "metrics.path", "either port or path", id="m-both"
+    ),
+    pytest.param("metrics: {port: 1, mode: 0600}", "metrics.mode", "set 'path'", id="m-mode"),
+    pytest.param("metrics: {prot: 1}", "metrics.prot", "did you mean 'port'", id="m-typo"),
+    pytest.param("metrics: {port: 0}", "metrics.port", "between 1 and 65535", id="m-port-0"),
+    pytest.param("metrics: 9461", "metrics", "expected a mapping", id="metrics-not-mapping"),
+    pytest.param("log_format: xml", "log_format", "one of text, json, got 'xml'", id="log-xml"),
+    pytest.param("log_format: true", "log_format", "expected a string", id="log-format-bool"),
 ]
 
 

@@ -412,5 +412,18 @@ async def test_an_override_comes_before_dane(dane_world: DaneWorld, tmp_path: Pa
         assert await client.ask(f"precedence {enforced}") == DANE_ONLY_REPLY
         assert await client.ask(f"all {enforced}") == DANE_ONLY_REPLY
         assert await client.ask(f"off {enforced}") == dane_world.sts_reply(C.IMPLICIT_MX)
+        # Counted by the path that decided (metrics/catalogue.py): the two
+        # overrides in each zone, the DANE answers, the MTA-STS one.
+        metrics = daemon.responder.metrics
+        cells = metrics.region.cells
+        for zone in ZONES:
+            lookups = metrics.lookup_cells(zone)
+            assert cells.get(lookups.cell("override", "no-policy")) == 1, zone
+            assert cells.get(lookups.cell("override", "policy")) == 1, zone
+        for zone in ("precedence", "all"):
+            assert cells.get(metrics.lookup_cells(zone).cell("dane", "policy")) == 1, zone
+        off = metrics.lookup_cells("off")
+        assert cells.get(off.cell("dane", "policy")) == 0
+        assert cells.get(off.memo_policy) == 1  # fetched by the first lookup above
     finally:
         await daemon.stop()

@@ -105,7 +105,8 @@ def test_page_builds_without_warnings(name: str, tmp_path: Path) -> None:
 # -- the configuration page matches config.py and defaults.py -----------------------------------
 
 YML = "mta-sts-daemon.yml.5"
-TOP_SECTIONS = ("LISTENER", "POLICY CACHE AND FETCHING", "LOCAL OVERRIDES", "DANE")
+
+TOP_SECTIONS = ("LISTENER", "POLICY CACHE AND FETCHING", "LOCAL OVERRIDES", "DANE", "MONITORING")
 
 # Keys whose default is one value (the others: "not set", CPU count, ...).
 TOP_DEFAULTS: dict[str, object] = {
@@ -122,7 +123,9 @@ TOP_DEFAULTS: dict[str, object] = {
     "max_concurrent_fetches": defaults.MAX_CONCURRENT_FETCHES,
     "dnssec_probe_name": defaults.DNSSEC_PROBE_NAME,
     "dnssec_probe_interval": defaults.DNSSEC_PROBE_INTERVAL,
+    "log_format": defaults.LOG_FORMAT,
 }
+METRICS_DEFAULTS: dict[str, object] = {"host": defaults.METRICS_HOST}
 ZONE_DEFAULTS: dict[str, object] = {
     "strict_testing": defaults.STRICT_TESTING,
     "timeout": defaults.ZONE_TIMEOUT,
@@ -178,7 +181,7 @@ def test_every_top_level_key_with_a_default_is_listed_here() -> None:
     # checked) or be one whose default is not a single value.
     no_single_default = {
         "path", "mode", "owner", "group", "workers", "cache", "proactive_policy_fetching",
-        "default_zone", "zones", "nameservers", "ca_file", "policy_overrides",
+        "default_zone", "zones", "nameservers", "ca_file", "policy_overrides", "metrics",
     }  # fmt: skip
     assert set(config._TOP_KEYS) == set(TOP_DEFAULTS) | no_single_default
 
@@ -197,6 +200,14 @@ def test_every_proactive_key_is_documented(key: str) -> None:
     assert line is not None, key
     if key in PROACTIVE_DEFAULTS:
         assert f"default ``{_shown(PROACTIVE_DEFAULTS[key])}``" in line, line
+
+
+@pytest.mark.parametrize("key", config._METRICS_KEYS)
+def test_every_metrics_key_is_documented(key: str) -> None:
+    line = _term_line(_sections(_page(YML))["MONITORING"], f"metrics.{key}")
+    assert line is not None, key
+    if key in METRICS_DEFAULTS:
+        assert f"default ``{_shown(METRICS_DEFAULTS[key])}``" in line, line
 
 
 @pytest.mark.parametrize("key", sorted(_cache_keys()))
@@ -221,6 +232,7 @@ def test_every_documented_key_exists() -> None:
         "LISTENER": set(config._TOP_KEYS),
         "POLICY CACHE AND FETCHING": set(config._TOP_KEYS),
         "DANE": set(config._TOP_KEYS),
+        "MONITORING": set(config._TOP_KEYS) | {f"metrics.{k}" for k in config._METRICS_KEYS},
         "ZONES": set(config._ZONE_KEYS),
         "PROACTIVE POLICY FETCHING": {
             f"proactive_policy_fetching.{k}" for k in config._PROACTIVE_KEYS
@@ -282,3 +294,19 @@ def test_synopsis_of_the_daemon_lists_every_flag() -> None:
     for action in daemon.build_parser()._actions:
         if action.option_strings and action.dest not in ("help", "version"):
             assert _mentioned(synopsis, action.option_strings[0]), action.option_strings
+
+
+# -- the metrics are documented where operators look ---------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["README", "mta-sts-daemon.8"])
+def test_every_metric_is_documented(page: str) -> None:
+    from mtasts_fast.metrics import catalogue
+
+    if page == "README":
+        text = (MAN.parent.parent / "README.md").read_text(encoding="utf-8")
+        text = text[text.index("## Monitoring") :]
+    else:
+        text = _sections(_page(page))["MONITORING"]
+    missing = [m.name for m in catalogue.ALL if not re.search(rf"\b{m.name}\b", text)]
+    assert missing == []

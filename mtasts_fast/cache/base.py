@@ -10,7 +10,14 @@ from typing import ClassVar
 from mtasts_fast.dane.state import DaneState
 from mtasts_fast.policy import Policy
 
-__all__ = ["SCAN_BATCH", "Cache", "CacheEntry", "CacheUnavailable", "FetchFailure"]
+__all__ = [
+    "SCAN_BATCH",
+    "Cache",
+    "CacheEntry",
+    "CacheStats",
+    "CacheUnavailable",
+    "FetchFailure",
+]
 
 # Entries per batch when a backend is walked (proactive refresh, export, list).
 SCAN_BATCH = 1000
@@ -80,6 +87,24 @@ class FetchFailure:
     @property
     def no_policy(self) -> bool:
         return self.result_type == NO_POLICY
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """How much a backend holds (``mta-sts-cache stats``, the ``mtasts_cache_*`` gauges)."""
+
+    entries: int
+    """Policy entries."""
+    failures: int
+    """Fetch-failure and no-policy records (negative caching and backoff)."""
+    oldest_checked: float | None
+    """``checked_at`` of the least recently checked entry (None when empty)."""
+    newest_checked: float | None
+    """``checked_at`` of the most recently checked entry (None when empty)."""
+    size_bytes: int | None
+    """The files on disk (lmdb, sqlite), the memory of our keys (redis), the size
+    of our tables with their indexes (postgres); None where there is no such
+    thing (internal)."""
 
 
 # FetchFailure.result_type of a domain that publishes no (usable) TXT record.
@@ -211,6 +236,15 @@ class Cache(abc.ABC):
     @abc.abstractmethod
     async def delete_dane(self, domain: str) -> bool:
         """Forget ``domain``'s DANE state; True if there was one."""
+
+    @abc.abstractmethod
+    async def stats(self) -> CacheStats:
+        """Count what the backend holds.
+
+        Cheap for lmdb (two B-tree stats and a walk of the ends of an
+        index); a full scan of our keys for redis; a count over our tables
+        for sqlite and postgres.
+        """
 
     # -- leases: one process at a time, across workers and hosts ------------------
 

@@ -12,7 +12,14 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
-from mtasts_fast.cache.base import FAILURE_RETENTION, SCAN_BATCH, Cache, CacheEntry, FetchFailure
+from mtasts_fast.cache.base import (
+    FAILURE_RETENTION,
+    SCAN_BATCH,
+    Cache,
+    CacheEntry,
+    CacheStats,
+    FetchFailure,
+)
 from mtasts_fast.dane.state import DaneState
 
 __all__ = ["InternalCache"]
@@ -88,6 +95,16 @@ class InternalCache(Cache):
         for domain in gone:
             del self._dane[domain]
         return len(expired)
+
+    async def stats(self) -> CacheStats:
+        checked = [entry.checked_at for entry in self._entries.values()]
+        return CacheStats(
+            entries=len(self._entries),
+            failures=len(self._failures),
+            oldest_checked=min(checked, default=None),
+            newest_checked=max(checked, default=None),
+            size_bytes=None,
+        )
 
     async def get_proactive_ts(self) -> float:
         return self._proactive_ts

@@ -18,6 +18,7 @@ The modules, in the order a file goes through them:
   ``nameservers``, and the assembly of :class:`Config`.
 - :mod:`.zones`: ``default_zone`` and ``zones``.
 - :mod:`.cache_options`: ``cache`` and every backend's ``options``.
+- :mod:`.monitoring`: ``metrics`` and ``log_format``.
 - :mod:`.sections`: checking a mapping's keys (unknown key, "did you mean").
 - :mod:`.values`: checking one value (number ranges, ports, URLs...).
 - :mod:`.model`: the frozen dataclasses the rest of the daemon reads.
@@ -39,13 +40,21 @@ checks the page against the key lists re-exported at the bottom of this file.
 
 from __future__ import annotations
 
-from . import build, cache_options, zones
-from .model import CACHE_TYPES, CacheConfig, Config, ProactiveFetchConfig, ZoneConfig
+from . import build, cache_options, monitoring, zones
+from .model import (
+    CACHE_TYPES,
+    CacheConfig,
+    Config,
+    MetricsConfig,
+    ProactiveFetchConfig,
+    ZoneConfig,
+)
 
 __all__ = [
     "CACHE_TYPES",
     "CacheConfig",
     "Config",
+    "MetricsConfig",
     "ProactiveFetchConfig",
     "ZoneConfig",
 ]
@@ -55,6 +64,7 @@ __all__ = [
 _TOP_KEYS = build.TOP_KEYS
 _PROACTIVE_KEYS = build.PROACTIVE_KEYS
 _ZONE_KEYS = zones.ZONE_KEYS
+_METRICS_KEYS = monitoring.METRICS_KEYS
 _CACHE_BACKENDS = cache_options.CACHE_BACKENDS
 _ALL_CACHE_OPTIONS = cache_options.ALL_CACHE_OPTIONS
 _REDIS_CHECKED = cache_options.REDIS_CHECKED

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from .. import defaults
 from .cache_options import cache_config
 from .model import Config, ProactiveFetchConfig
+from .monitoring import log_format, metrics_config
 from .sections import Section
 from .values import (
     boolean,
@@ -61,6 +62,8 @@ TOP_KEYS = (
     "policy_overrides",
     "dnssec_probe_name",
     "dnssec_probe_interval",
+    "metrics",
+    "log_format",
 )
 
 
@@ -106,11 +109,17 @@ def build_config(data: object, filename: str) -> Config:
     for key, value in (("owner", owner), ("group", group)):
         if value is not None and path is None:
             fail(key, "only applies to a unix socket: set 'path' too")
+    port = top.get("port", port_number, defaults.PORT)
+    metrics = None
+    if top.items.get("metrics") is not None:
+        metrics = metrics_config(
+            top.items["metrics"], "metrics", socketmap_port=port, socketmap_path=path
+        )
 
     return Config(
         filename=filename,
         host=top.get("host", word, defaults.HOST),
-        port=top.get("port", port_number, defaults.PORT),
+        port=port,
         path=path,
         # Like the old daemon, `mode` without `path` is accepted and unused.
         mode=top.optional("mode", file_mode),
@@ -144,4 +153,6 @@ def build_config(data: object, filename: str) -> Config:
         dnssec_probe_interval=top.get(
             "dnssec_probe_interval", positive, defaults.DNSSEC_PROBE_INTERVAL
         ),
+        metrics=metrics,
+        log_format=top.get("log_format", log_format, defaults.LOG_FORMAT),
     )

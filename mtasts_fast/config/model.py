@@ -69,6 +69,16 @@ class ProactiveFetchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint: TCP (``host``, ``port``) or a unix socket (``path``, ``mode``)."""
+
+    host: str = defaults.METRICS_HOST
+    port: int | None = None
+    path: str | None = None
+    mode: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole daemon configuration. Build it with :meth:`from_yaml`."""
 
@@ -98,6 +108,9 @@ class Config:
     policy_overrides: str | None = defaults.POLICY_OVERRIDES
     dnssec_probe_name: str = defaults.DNSSEC_PROBE_NAME
     dnssec_probe_interval: float = defaults.DNSSEC_PROBE_INTERVAL
+    # Monitoring (DESIGN.md §9): None means no metrics endpoint.
+    metrics: MetricsConfig | None = None
+    log_format: str = defaults.LOG_FORMAT
 
     @classmethod
     def from_yaml(cls, filename: str | os.PathLike[str]) -> Config:

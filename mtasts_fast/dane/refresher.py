@@ -65,8 +65,11 @@ class DaneRefresher:
         *,
         probe: DnssecProbe | None = None,
         clock: Callable[[], float] = time.time,
+        on_decision: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_decision``: called with each evaluation's decision (the metrics count it)."""
         self._cache = cache
+        self._on_decision = on_decision
         self._resolver = resolver
         self._probe = probe
         # Backend health and the in-process fallback are the policy refresher's.
@@ -180,6 +183,8 @@ class DaneRefresher:
             self._slots.release()
         state = evaluation.state
         self.counts[state.decision] += 1
+        if self._on_decision is not None:
+            self._on_decision(state.decision)
         _log_decision(state, previous)
         await self.store(state)
         return state

@@ -24,6 +24,7 @@ One module per part, each documenting its own:
 - ``failures``: fetch-failure records and their retry index.
 - ``dane``: DANE states, their memoised read and their expiry index.
 - ``meta``: the proactive-refresh timestamp and leases.
+- ``stats``: the counts and checked range for ``mta-sts-cache stats``.
 - ``store``: ``LmdbCache``, the cache interface over all of it, and its
   writer thread.
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
@@ -30,11 +31,12 @@ from mtasts_fast.cache.base import (
     SCAN_BATCH,
     Cache,
     CacheEntry,
+    CacheStats,
     CacheUnavailable,
     FetchFailure,
 )
 from mtasts_fast.cache.codec import encode_dane, encode_entry, encode_failure
-from mtasts_fast.cache.lmdb import dane, failures, meta, writes
+from mtasts_fast.cache.lmdb import dane, failures, meta, stats, writes
 from mtasts_fast.cache.lmdb.commit_counter import CommitCounter
 from mtasts_fast.cache.lmdb.dane import read_dane
 from mtasts_fast.cache.lmdb.environment import (
@@ -42,6 +44,7 @@ from mtasts_fast.cache.lmdb.environment import (
     adopt_map_size,
     grow_map,
     open_environment,
+    split_path,
 )
 from mtasts_fast.cache.lmdb.eviction import Capacity, prune_expired
 from mtasts_fast.cache.lmdb.layout import DOUBLE, Databases, storable, time_key
@@ -218,6 +221,14 @@ class LmdbCache(Cache):
 
     def _read_dane(self, domain: str) -> DaneState | None:
         return read_dane(self._env, self._dbs, self._commits, self._dane_memo, domain)
+
+    async def stats(self) -> CacheStats:
+        return await self._adopting(self._read_stats)
+
+    def _read_stats(self) -> CacheStats:
+        path, subdir = split_path(self._path)
+        data_file = os.path.join(path, "data.mdb") if subdir else path
+        return stats.read_stats(self._require_env(), self._require_dbs(), data_file)
 
     async def get_proactive_ts(self) -> float:
         return await self._adopting(self._read_proactive_ts)

@@ -23,6 +23,7 @@ from mtasts_fast.cache.base import (
     SCAN_BATCH,
     Cache,
     CacheEntry,
+    CacheStats,
     CacheUnavailable,
     FetchFailure,
 )
@@ -85,6 +86,19 @@ _POOL_TAKES_RESET = "reset" in inspect.signature(asyncpg.create_pool).parameters
 
 async def _keep_session(connection: object) -> None:
     """Pool ``reset`` hook: asyncpg still rolls back any open transaction."""
+
+
+# One statement, one snapshot: the counts, the checked range, and the size of
+# our tables with their indexes and TOAST data.
+_STATS = """
+SELECT
+    (SELECT count(*) FROM mtasts_policy) AS entries,
+    (SELECT min(checked_at) FROM mtasts_policy) AS oldest,
+    (SELECT max(checked_at) FROM mtasts_policy) AS newest,
+    (SELECT count(*) FROM mtasts_failures) AS failures,
+    pg_total_relation_size('mtasts_policy') + pg_total_relation_size('mtasts_failures')
+        + pg_total_relation_size('mtasts_dane') AS size
+"""
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
@@ -329,6 +343,17 @@ class PostgresCache(Cache):
             # DANE states go once they expired before older_than, like the entries.
             await conn.execute("DELETE FROM mtasts_dane WHERE expires_at < $1", float(older_than))
         return statements.count(status)
+
+    async def stats(self) -> CacheStats:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_STATS)
+        return CacheStats(
+            int(row["entries"]),
+            int(row["failures"]),
+            row["oldest"],
+            row["newest"],
+            int(row["size"]),
+        )
 
     async def get_proactive_ts(self) -> float:
         async with self._connection() as conn:

@@ -23,6 +23,7 @@ from mtasts_fast.cache.base import (
     SCAN_BATCH,
     Cache,
     CacheEntry,
+    CacheStats,
     CacheUnavailable,
     FetchFailure,
 )
@@ -293,6 +294,43 @@ class RedisStore(Cache):
                 async with self._use() as session:
                     deleted += int(await session.prune(keys=chunk, args=(limit,)))
         return deleted
+
+    async def stats(self) -> CacheStats:
+        """A SCAN of our keys: their number, checked range and memory (``MEMORY USAGE``)."""
+        entries = failures = 0
+        oldest: float | None = None
+        newest: float | None = None
+        size: int | None = None
+        for pattern in (_POLICY_PATTERN, _FAILURE_PATTERN):
+            policy = pattern == _POLICY_PATTERN
+            async for keys in self._scan_keys(SCAN_BATCH, pattern):
+                async with (
+                    self._use() as session,
+                    session.client.pipeline(transaction=False) as pipe,
+                ):
+                    for key in keys:
+                        if policy:
+                            pipe.hget(key, b"c")
+                        pipe.memory_usage(key, samples=0)
+                    replies = await pipe.execute(raise_on_error=False)
+                step = 2 if policy else 1
+                for start in range(0, len(replies), step):
+                    if policy:
+                        # Anything but one of our hashes under the prefix is no entry.
+                        stamp = replies[start]
+                        if not isinstance(stamp, bytes):
+                            continue
+                        entries += 1
+                        with contextlib.suppress(ValueError):
+                            when = float(stamp)
+                            oldest = when if oldest is None else min(oldest, when)
+                            newest = when if newest is None else max(newest, when)
+                    else:
+                        failures += 1
+                    used = replies[start + step - 1]
+                    if isinstance(used, int):
+                        size = (size or 0) + used
+        return CacheStats(entries, failures, oldest, newest, size)
 
     async def get_proactive_ts(self) -> float:
         async with self._use() as session:

@@ -7,11 +7,13 @@ statement keeps a read transaction open on a pooled connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import time
 
-from mtasts_fast.cache.base import FAILURE_RETENTION, CacheEntry, FetchFailure
+from mtasts_fast.cache.base import FAILURE_RETENTION, CacheEntry, CacheStats, FetchFailure
 from mtasts_fast.cache.codec import decode_dane, decode_entry, decode_failure
 from mtasts_fast.dane.state import DaneState
 
@@ -191,6 +193,25 @@ def prune(conn: sqlite3.Connection, older_than: float) -> int:
     # DANE states go once they expired before older_than, like the entries.
     conn.execute("DELETE FROM mtasts_dane WHERE expires_at < ?", (older_than,)).fetchall()
     return count
+
+
+def stats(conn: sqlite3.Connection, filename: str) -> CacheStats:
+    # One read transaction, so the two counts agree with each other.
+    conn.execute("BEGIN")
+    try:
+        entries, oldest, newest = conn.execute(
+            "SELECT count(*), min(checked_at), max(checked_at) FROM mtasts_policy"
+        ).fetchall()[0]
+        (failures,) = conn.execute("SELECT count(*) FROM mtasts_failures").fetchall()[0]
+    finally:
+        conn.rollback()
+    # The file with its write-ahead log: what the cache takes on disk (the
+    # file may hold postfix-mta-sts-resolver's table too).
+    size = 0
+    for name in (filename, filename + "-wal", filename + "-shm"):
+        with contextlib.suppress(OSError):
+            size += os.stat(name).st_size
+    return CacheStats(int(entries), int(failures), oldest, newest, size)
 
 
 def get_failure(conn: sqlite3.Connection, domain: str) -> FetchFailure | None:

@@ -19,7 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from mtasts_fast import defaults
-from mtasts_fast.cache.base import SCAN_BATCH, Cache, CacheEntry, CacheUnavailable, FetchFailure
+from mtasts_fast.cache.base import (
+    SCAN_BATCH,
+    Cache,
+    CacheEntry,
+    CacheStats,
+    CacheUnavailable,
+    FetchFailure,
+)
 from mtasts_fast.cache.codec import encode_dane, encode_entry, encode_failure
 from mtasts_fast.cache.sqlite import calls
 from mtasts_fast.dane.state import DaneState
@@ -247,6 +254,9 @@ class SqliteCache(Cache):
 
     async def set_proactive_ts(self, ts: float) -> None:
         await self._run(calls.set_meta, calls.PROACTIVE, float(ts))
+
+    async def stats(self) -> CacheStats:
+        return await self._run(calls.stats, self._filename)
 
     async def get_failure(self, domain: str) -> FetchFailure | None:
         return await self._run(calls.get_failure, domain)
