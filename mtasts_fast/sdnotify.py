@@ -66,6 +66,8 @@ class Notifier:
         #: systemd's watchdog timeout in seconds (None: no watchdog). Only
         #: meaningful with a notify socket to send ``WATCHDOG=1`` to.
         self.watchdog_interval: float | None = None
+        # Monotonic time of the next WATCHDOG=1 (feed_watchdog).
+        self.watchdog_due = 0.0
         if not address:
             return
         if address.startswith("@"):
@@ -95,6 +97,18 @@ class Notifier:
     def watchdog(self) -> None:
         """Tell systemd the service is alive (resets the ``WatchdogSec=`` timer)."""
         self.notify("WATCHDOG=1")
+
+    def feed_watchdog(self, now: float) -> None:
+        """Send ``WATCHDOG=1`` if one is due at monotonic time ``now``.
+
+        The next is due half an interval later, as sd_watchdog_enabled(3)
+        recommends: that leaves a whole half for a late turn of the loop.
+        """
+        interval = self.watchdog_interval
+        if interval is None or now < self.watchdog_due:
+            return
+        self.watchdog()
+        self.watchdog_due = now + interval / 2
 
     def close(self) -> None:
         if self._sock is not None:

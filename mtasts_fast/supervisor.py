@@ -23,7 +23,6 @@ which do all the serving. :class:`Supervisor` decides what happens to them:
   turns (so crashed workers get restarted and signals handled) *and* that
   the port is served; a supervisor stuck, or one left with no answering
   worker for a whole interval, is restarted by systemd.
-
 * **Metrics.** Every worker start gets a shared region for its counters;
   a reaped worker's counts are folded into the totals (metrics/collector.py).
   With ``metrics:`` set, ``/metrics`` and ``/healthz`` are served from this
@@ -145,7 +144,6 @@ class Supervisor:
         self._killed_all = False
         self._exit_code = EXIT_OK
         self._done = False
-        self._watchdog_due = 0.0  # monotonic time of the next WATCHDOG=1
 
     # -- main loop --------------------------------------------------------------------------
 
@@ -209,10 +207,10 @@ class Supervisor:
                 due.append(deadline)
         if self._stopping:
             due.append(self._stop_deadline)
-        elif self._notifier.watchdog_interval is not None and self._watchdog_due > now:
+        elif self._notifier.watchdog_interval is not None and self._notifier.watchdog_due > now:
             # An overdue ping waits for a worker to answer: that event (its
             # ready pipe) wakes poll() anyway, so no timer is needed for it.
-            due.append(self._watchdog_due)
+            due.append(self._notifier.watchdog_due)
         return max(0.0, min(due) - now)
 
     def _wait(self, timeout: float) -> None:
@@ -371,26 +369,19 @@ class Supervisor:
                 self._reload()
 
     def _feed_watchdog(self) -> None:
-        """Send ``WATCHDOG=1`` at half systemd's interval while the service is healthy.
+        """Feed systemd's watchdog (sdnotify.py sets the cadence) while the service is healthy.
 
-        Half the interval, as sd_watchdog_enabled(3) recommends, leaves a
-        whole half for a late turn of the loop. Healthy means: READY=1 has
-        been sent, no stop is under way, and a worker that said it answers is
-        still alive (a retiring one still serves, but its successor is what
-        counts). A dead worker is normally back within a second, well inside
-        any sensible ``WatchdogSec=``; a supervisor that cannot get one
-        answering for a whole interval is better restarted by systemd.
+        Healthy means: READY=1 has been sent, no stop is under way, and a
+        worker that said it answers is still alive (a retiring one still
+        serves, but its successor is what counts). A dead worker is normally
+        back within a second, well inside any sensible ``WatchdogSec=``; a
+        supervisor that cannot get one answering for a whole interval is
+        better restarted by systemd.
         """
-        interval = self._notifier.watchdog_interval
-        if interval is None or not self._announced or self._stopping:
+        if self._notifier.watchdog_interval is None or not self._announced or self._stopping:
             return
-        now = time.monotonic()
-        if now < self._watchdog_due:
-            return
-        if not any(w.ready and not w.retiring for w in self._workers.by_pid.values()):
-            return
-        self._notifier.watchdog()
-        self._watchdog_due = now + interval / 2
+        if any(w.ready and not w.retiring for w in self._workers.by_pid.values()):
+            self._notifier.feed_watchdog(time.monotonic())
 
     def _retire_replaced(self, current: dict[int, WorkerProcess], old: list[WorkerProcess]) -> None:
         wanted = self._gen.config.workers
