@@ -20,15 +20,23 @@
      filled, through the cache's own ``put``/``set`` method, right after the
      daemon calls its ``setup``, and the daemon's unmodified ``main`` runs.
 
-   Both daemons get ``cache_grace`` of 10⁷ s and a dead DNS server: a UDP
-   socket this script owns, which never answers and counts what it receives.
-   Ours is pointed at it with ``nameservers``; the peer has no such setting,
-   so its launcher passes the same address to ``aiodns.DNSResolver``. Any
-   lookup that leaves the cache therefore shows up as a counted DNS query
-   (and, since it cannot succeed, as a failed or late reply).
+   Both daemons get ``cache_grace`` of 10⁷ s and the DNS stub of
+   ``dnsstub.py``: a UDP server this script runs, which counts what it
+   receives and answers one question only, the DNSSEC probe's (SOA of the
+   root, with the AD bit). Ours is pointed at it with ``nameservers``, so its
+   DANE detection is active (``dane: precedence``, the default), and every
+   domain's DANE state is seeded as ``none`` next to its policy, so a cached
+   lookup reads it and never waits for an evaluation (``daemons.py``: ours
+   also has a ``metrics`` listener, the default configuration of issue 17).
+   The peer has no such setting, so its launcher passes the same address to
+   ``aiodns.DNSResolver``. Any lookup that leaves the cache therefore shows up
+   as a counted DNS query (and, since it cannot succeed, as a failed or late
+   reply).
 4. Starts each daemon pinned to core 0 (``taskset -c 0``) and runs loadgen on
    core 1: connections {1, 16, 128, 1024} × 3 repetitions, alternating which
    daemon goes first, over TCP and over a unix socket, for both pairings.
+   Each ``--variant`` (``variants.py``: ours with configuration overrides,
+   or ours from another source tree) runs in the same rotation.
    ``refserver`` (a trivial C server with a fixed reply of the same size)
    runs in the same rotation in the in-memory pairing: loadgen's own ceiling.
    Each run opens its connections first (in batches, one request each), then
@@ -44,7 +52,8 @@ same for client and server, so throughput alone can hide a server's cost.
 
 Processes, /proc accounting and loadgen runs come from ``runner.py`` (shared
 with ``scaling.py``, ``soak/soak.py`` and ``bursts/run.py``); the domains,
-the cache seeding and the launchers from ``seeding.py``. This file, like
+the cache seeding and the launchers from ``seeding.py``; each server's
+configuration and start-up checks from ``daemons.py``. This file, like
 those two, imports only the standard library at module level, because the
 peer's launcher runs under the peer's own venv.
 """
@@ -54,17 +63,20 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import dnsstub
 import reporting
 import runner
 import seeding
+import variants
+from daemons import Daemons
 from run_report import render_markdown, summarise
-from runner import CACHE_GRACE, OUR_VENV, Server, log
+from runner import Server, log
+from variants import Variant
 
 # --------------------------------------------------------------------------------------
 # The benchmark
@@ -76,131 +88,27 @@ class Bench:
         self, args: argparse.Namespace, tools: dict[str, Path], peer_python: Path, work: Path
     ) -> None:
         self.args = args
-        self.tools = tools
-        self.peer_python = peer_python
-        self.work = work
-        self.dns = runner.DnsSink()
+        # Answers the DNSSEC probe (DANE detection active), counts and drops the rest.
+        self.dns = runner.DnsStub(dnsstub.probe_only())
         self.loadgen_tool = runner.Loadgen(tools["loadgen"], self.dns)
         self.runs: list[dict[str, Any]] = []
         self.rss: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.records = seeding.make_domains(args.domains)
-        self.seed = work / "seed.jsonl"
-        seeding.write_seed(self.seed, self.records)
+        self.daemons = Daemons(work, tools, peer_python, self.dns, self.records)
         self.keys = work / "keys.txt"
         seeding.write_keys(self.keys, self.records)
-        self.ref_reply = seeding.our_reply(self.records[0])
-
-    # -- configuration -------------------------------------------------------------
-
-    def _listen(self, name: str, transport: str) -> tuple[dict[str, Any], str]:
-        if transport == "unix":
-            path = self.work / f"{name}.sock"
-            return {"path": str(path), "mode": 0o666}, f"unix:{path}"
-        port = runner.free_port()
-        return {"host": "127.0.0.1", "port": port}, f"127.0.0.1:{port}"
-
-    def _lmdb_cache(self) -> dict[str, Any]:
-        # One lmdb environment serves the TCP and the unix sections alike.
-        return {
-            "type": "lmdb",
-            "options": {
-                "path": str(self.work / "ours.lmdb") + "/",
-                "max_entries": max(1_000_000, 2 * len(self.records)),
-            },
-        }
-
-    def _internal_cache(self) -> dict[str, Any]:
-        return {"type": "internal", "options": {"cache_size": max(10_000, 2 * len(self.records))}}
-
-    def start_ours(self, pairing: str, transport: str) -> Server:
-        listen, address = self._listen("ours", transport)
-        config: dict[str, Any] = {
-            **listen,
-            "workers": 1,
-            "cache_grace": CACHE_GRACE,
-            "shutdown_timeout": 5,
-            "nameservers": [self.dns.address],
-            "default_zone": {"timeout": 4},
-            "cache": self._lmdb_cache() if pairing == "persistent" else self._internal_cache(),
-        }
-        cfg = self.work / f"ours-{pairing}-{transport}.yml"
-        runner.write_yaml(cfg, config)
-        logfile = self.work / f"ours-{pairing}-{transport}.log"
-        if pairing == "persistent":
-            argv = [str(OUR_VENV / "bin" / "mta-sts-daemon"), "-c", str(cfg)]
-        else:
-            argv = [
-                str(OUR_VENV / "bin" / "python"),
-                str(Path(__file__).resolve()),
-                "_launch-ours",
-                *("--config", str(cfg), "--seed", str(self.seed)),
-            ]
-        return Server("mtasts-fast", argv, address, logfile)
-
-    def start_peer(self, pairing: str, transport: str) -> Server:
-        listen, address = self._listen("peer", transport)
-        config: dict[str, Any] = {
-            **listen,
-            "cache_grace": CACHE_GRACE,
-            "shutdown_timeout": 5,
-            "default_zone": {"timeout": 4},
-        }
-        argv = [
-            str(self.peer_python),
-            str(Path(__file__).resolve()),
-            *("_launch-peer", "--dns", self.dns.address),
-        ]
-        if pairing == "persistent":
-            config["cache"] = {
-                "type": "sqlite",
-                "options": {"filename": str(self.work / "peer.sqlite")},
-            }
-        else:
-            config["cache"] = self._internal_cache()
-            argv += ["--seed", str(self.seed)]
-        cfg = self.work / f"peer-{pairing}-{transport}.yml"
-        runner.write_yaml(cfg, config)
-        logfile = self.work / f"peer-{pairing}-{transport}.log"
-        return Server("postfix-mta-sts-resolver", [*argv, "--config", str(cfg)], address, logfile)
-
-    def start_ref(self, transport: str) -> Server:
-        _, address = self._listen("ref", transport)
-        argv = [str(self.tools["refserver"]), "-r", self.ref_reply, "-t", "3600", address]
-        return Server("refserver", argv, address, self.work / f"ref-{transport}.log")
-
-    def seed_persistent(self) -> str | None:
-        """Seed lmdb and sqlite; return why the pairing is skipped, or None."""
-        probe = subprocess.run(
-            [str(OUR_VENV / "bin" / "python"), "-c", "import mtasts_fast.cache.lmdb"],
-            capture_output=True,
-            text=True,
-        )
-        if probe.returncode != 0:
-            last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-            return f"our lmdb cache is not available yet ({last})"
-        seed = self.work / "seed-now.jsonl"
-        seeding.write_seed(seed, self.records, now=time.time())
-        cfg = self.work / "ours-seed.yml"
-        runner.write_yaml(cfg, {"workers": 1, "cache": self._lmdb_cache()})
-        t0 = time.monotonic()
-        done = subprocess.run(
-            [str(OUR_VENV / "bin" / "mta-sts-cache"), "-c", str(cfg), "import", str(seed)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            return f"mta-sts-cache import into lmdb failed: {done.stderr.strip()[-500:]}"
-        log(f"lmdb seeded with {len(self.records)} entries in {time.monotonic() - t0:.1f} s")
-        seeding.seed_peer_sqlite(self.work / "peer.sqlite", self.records)
-        return None
+        # Ours first, then each --variant: everything that runs our code.
+        self.ours: dict[str, Variant] = {"ours": Variant("ours")}
+        for v in args.variant:
+            self.ours[v.name] = variants.prepare(v)
 
     # -- running -----------------------------------------------------------------------
 
     def loadgen(
         self, server: Server, window: runner.Window, label: str, set_match: bool
     ) -> dict[str, Any]:
-        options = ["-e", self.ref_reply] if server.name == "refserver" else []
+        options = ["-e", self.daemons.ref_reply] if server.name == "refserver" else []
         if set_match:
             options.append("-s")
         report = self.loadgen_tool.run(server, self.keys, window, label, options)
@@ -233,23 +141,40 @@ class Bench:
                 f"{json.dumps(report)}\nlog: {server.logfile}"
             )
 
-    def section(self, pairing: str, transport: str, with_ref: bool) -> None:
-        a = self.args
+    def start(self, pairing: str, transport: str, with_ref: bool) -> dict[str, Server]:
         servers: dict[str, Server] = {}
         try:
-            servers["ours"] = self.start_ours(pairing, transport)
-            servers["peer"] = self.start_peer(pairing, transport)
+            for name, variant in self.ours.items():
+                servers[name], self.ours[name] = self.daemons.start_ours(
+                    variant, pairing, transport
+                )
+            servers["peer"] = self.daemons.start_peer(pairing, transport)
             if with_ref:
-                servers["ref"] = self.start_ref(transport)
+                servers["ref"] = self.daemons.start_ref(transport)
             for s in servers.values():
                 s.wait_ready()
+            for name, variant in self.ours.items():
+                self.daemons.check_ours(servers[name], variant, pairing, transport)
+        except BaseException:
+            runner.stop_all(servers.values())
+            raise
+        return servers
+
+    def section(self, pairing: str, transport: str, with_ref: bool) -> None:
+        a = self.args
+        servers = self.start(pairing, transport, with_ref)
+        try:
             idle = {k: s.rss_kib() for k, s in servers.items()}
             for s in servers.values():
                 self.verify(s)
             served = dict.fromkeys(servers, 0)
+            warm: dict[str, list[int]] = {}
+            # Ours, its variants and the peer take turns, starting one later each repetition.
+            turns = [*self.ours, "peer"]
             for rep in range(a.reps):
                 for conns in a.connections:
-                    order = ["ours", "peer"] if rep % 2 == 0 else ["peer", "ours"]
+                    shift = rep % len(turns)
+                    order = turns[shift:] + turns[:shift]
                     if with_ref:
                         order.insert(0, "ref")
                     for who in order:
@@ -268,6 +193,9 @@ class Bench:
                             f"other load {other[0]:.0%}/{other[1]:.0%}"
                             + (f" (attempt {report['attempt']})" if report["attempt"] > 1 else "")
                         )
+                if rep == 0:
+                    # Warmed up: every connection count has run once.
+                    warm = {k: s.rss_kib() for k, s in servers.items()}
             for who, s in servers.items():
                 if who == "ref":
                     continue
@@ -280,6 +208,7 @@ class Bench:
                         "idle_kib": sum(idle[who]),
                         "after_kib": sum(after),
                         "idle_per_process_kib": idle[who],
+                        "warm_per_process_kib": warm.get(who, []),
                         "after_per_process_kib": after,
                         "lookups_measured": served[who],
                     }
@@ -287,23 +216,40 @@ class Bench:
         finally:
             runner.stop_all(servers.values())
 
+    def seed_persistent(self) -> str | None:
+        """Seed every lmdb of ours and the peer's sqlite; why the pairing is skipped, or None."""
+        for variant in self.ours.values():
+            why = self.daemons.seed_persistent(variant)
+            if why:
+                return why
+        shown = self.daemons.show(self.ours["ours"], self.records[0]["domain"])
+        self.notes.append(
+            "`mta-sts-cache show` of a seeded domain in our lmdb before the runs: "
+            + "; ".join(" ".join(line.split()) for line in shown.splitlines() if "DANE" in line)
+        )
+        self.daemons.seed_peer()
+        return None
+
     def run(self) -> None:
         # refserver joins the rotation of one pairing: the in-memory one if it runs.
         ref_pairing = "memory" if "memory" in self.args.pairings else self.args.pairings[0]
-        for pairing in self.args.pairings:
-            if pairing == "persistent":
-                why = self.seed_persistent()
-                if why:
-                    note = f"persistent pairing (lmdb vs sqlite) skipped: {why}"
-                    log(note)
-                    self.notes.append(note)
-                    continue
-            for transport in self.args.transports:
-                log(f"== {pairing} caches over {transport} ==")
-                self.section(pairing, transport, with_ref=pairing == ref_pairing)
+        try:
+            for pairing in self.args.pairings:
+                if pairing == "persistent":
+                    why = self.seed_persistent()
+                    if why:
+                        note = f"persistent pairing (lmdb vs sqlite) skipped: {why}"
+                        log(note)
+                        self.notes.append(note)
+                        continue
+                for transport in self.args.transports:
+                    log(f"== {pairing} caches over {transport} ==")
+                    self.section(pairing, transport, with_ref=pairing == ref_pairing)
+        finally:
+            self.dns.close()
 
 
-def machine_meta(args: argparse.Namespace, peer_python: Path) -> dict[str, Any]:
+def machine_meta(args: argparse.Namespace, peer_python: Path, bench: Bench) -> dict[str, Any]:
     freeze = runner.pip_freeze(peer_python)
     uv = next((x.split("==")[1] for x in freeze if x.lower().startswith("uvloop==")), "?")
     return {
@@ -317,6 +263,9 @@ def machine_meta(args: argparse.Namespace, peer_python: Path) -> dict[str, Any]:
         "reps": args.reps,
         "connections": args.connections,
         "command": reporting.command_line("benchmarks/load/run.py"),
+        "variants": [v.meta() for name, v in bench.ours.items() if name != "ours"],
+        "checks": bench.daemons.checks,
+        "dns_probes": {"received": bench.dns.probes, "answered": bench.dns.probes_answered},
     }
 
 
@@ -340,6 +289,13 @@ def _csv(choices: tuple[str, ...]) -> Any:
     return parse
 
 
+def _variant(text: str) -> Variant:
+    try:
+        return variants.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py", description=(__doc__ or "").partition("\n")[0])
     p.add_argument("--domains", type=int, default=1000, help="cached domains (default 1000)")
@@ -356,10 +312,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="persistent (lmdb vs sqlite), memory (internal vs internal)",
     )
     p.add_argument("--transports", type=_csv(("tcp", "unix")), default=["tcp", "unix"])
+    p.add_argument(
+        "--variant",
+        type=_variant,
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,... | NAME@TREE[:KEY=VALUE,...]",
+        help="also measure ours with these config overrides and/or from another source tree "
+        "(a directory or a commit, built under benchmarks/.trees/); repeatable; each adds "
+        "as much time as ours takes (variants.py)",
+    )
     runner.add_run_options(
         p,
         reps="repetitions (default 3)",
         quick="1 repetition of 1 s (a smoke test; the numbers are noisier)",
+    )
+    p.add_argument(
+        "--label",
+        default="",
+        help="saved as <date>-<host>-<label>.md/.json (default: <date>-<host>.md)",
     )
     p.add_argument(
         "--python",
@@ -373,10 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("_launch-ours", "_launch-peer"):
         return seeding.launch_main(argv[0], argv[1:])
+    if argv and argv[0] == "_seed-dane":
+        return seeding.seed_dane(argv[1:])
 
     args = runner.parse_run_args(build_parser(), argv)
     if not 1 <= args.domains <= 10_000_000 or not 0 < args.duration <= 600 or args.reps < 1:
         print("run.py: --domains 1..10^7, --duration 0..600 s, --reps >= 1", file=sys.stderr)
+        return 2
+    if len({v.name for v in args.variant}) < len(args.variant):
+        print("run.py: two --variant with the same name", file=sys.stderr)
         return 2
     if not runner.preflight("run.py"):
         return 2
@@ -387,12 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     with runner.workdir("mtasts-bench-", args.keep_workdir) as work:
         bench = Bench(args, tools, peer_python, work)
         bench.run()
-    meta = machine_meta(args, peer_python)
+    meta = machine_meta(args, peer_python, bench)
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     rows = summarise(bench.runs)
     data = {"meta": meta, "summary": rows, "rss": bench.rss, "notes": bench.notes}
     markdown = render_markdown(meta, rows, bench.rss, bench.notes)
-    reporting.publish(markdown, {**data, "runs": bench.runs}, args, suffix="")
+    suffix = f"-{args.label}" if args.label else ""
+    reporting.publish(markdown, {**data, "runs": bench.runs}, args, suffix=suffix)
     return 0
 
 

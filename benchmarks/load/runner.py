@@ -3,8 +3,8 @@
 - set-up: building loadgen/refserver, the peer's venv, free ports, config files,
   a work directory, the command-line options every loadgen-driven script has;
 - server processes: start (pinned with ``taskset``, open-file limit raised,
-  clean environment), wait until they listen, stop; a DNS server that never
-  answers and counts what it receives;
+  clean environment), wait until they listen, stop; the DNS stub that counts
+  what it receives (``dnsstub.py``: it answers nothing, or only the DNSSEC probe);
 - /proc: the process tree, RSS of a tree, memory fields, CPU ticks, load average;
 - loadgen: one run, its JSON report and the other load on the machine during it,
   repeated while the machine was too busy;
@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from dnsstub import DnsStub as DnsStub  # re-exported: the load scripts' DNS
 
 HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
@@ -178,26 +180,6 @@ def parse_run_args(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Name
 # --------------------------------------------------------------------------------------
 # Processes
 # --------------------------------------------------------------------------------------
-
-
-class DnsSink:
-    """A DNS server that never answers: counts the queries a daemon sends."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def drain(self) -> int:
-        count = 0
-        for _ in range(1_000_000):
-            try:
-                self.sock.recvfrom(4096)
-            except BlockingIOError:
-                break
-            count += 1
-        return count
 
 
 def raise_fd_limit() -> None:
@@ -379,7 +361,7 @@ VERIFY = Window(8, 1.0, 0.0)  # a short pass over the keys before measuring
 class Loadgen:
     """Runs ``loadgen`` against one server (on the client core when the server is pinned)."""
 
-    def __init__(self, exe: Path, dns: DnsSink) -> None:
+    def __init__(self, exe: Path, dns: DnsStub) -> None:
         self.exe = exe
         self.dns = dns
 

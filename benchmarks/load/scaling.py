@@ -211,7 +211,7 @@ class Scaling:
         self.args = args
         self.tools = tools
         self.work = work
-        self.dns = runner.DnsSink()
+        self.dns = runner.DnsStub()
         self.loadgen_tool = runner.Loadgen(tools["loadgen"], self.dns)
         self.runs: list[dict[str, Any]] = []
         self.seeding: dict[str, dict[str, Any]] = {}

@@ -9,6 +9,9 @@ Every domain ``dNNNNNNN.bench.test`` has the same ``enforce`` policy shape
 - ``launch_main``: the ``run.py _launch-ours`` / ``_launch-peer`` launchers,
   which run a daemon's unmodified ``main`` with its in-memory cache filled
   through the cache's own API right after ``setup()``;
+- ``dane_state`` / ``seed_dane``: every domain's DANE state, ``none`` (an
+  insecure MX RRset: the MTA-STS answer stands), through ``put_dane``
+  (``run.py _seed-dane``; the launcher puts them into the in-memory cache);
 - ``seed_lmdb``: our LMDB cache through ``put_many`` (``scaling.py _seed-lmdb``).
 
 Standard library only at module level: the peer's launcher runs under the
@@ -27,6 +30,11 @@ from pathlib import Path
 from typing import Any
 
 MAX_AGE = 86_400
+# How long a seeded DANE state stays valid. A real evaluation keeps one for at
+# most DANE_TTL_MAX (an hour); the states are seeded once before the runs, and
+# one that expired during them would be re-evaluated (DNS queries, the slow
+# path): like cache_grace, a bench setting that keeps every lookup a hit.
+DANE_VALID = 86_400
 # scaling.py's LMDB caches: room for 10⁶ entries and their two index records
 # with headroom (a full cache would evict 1 % per put, turning lookups into
 # misses); the map is a sparse file on Linux, only written pages take space.
@@ -155,9 +163,12 @@ def launch_ours(args: argparse.Namespace) -> int:
 
     now = time.time()
     entries = []
-    for record in read_seed(args.seed):
+    records = read_seed(args.seed)
+    for record in records:
         record["fetched_at"] = record["checked_at"] = now  # fresh at start-up
         entries.append(entry_from_json(record))
+    # A tree from before DANE has no states to store.
+    states = [dane_state(r["domain"], now) for r in records] if has_dane() else []
     original = cache_module.create_cache
 
     def create_cache(config: Any, filename: str) -> Any:
@@ -166,9 +177,12 @@ def launch_ours(args: argparse.Namespace) -> int:
         async def fill() -> int:
             for entry in entries:
                 await cache.put(entry)
+            for state in states:
+                await cache.put_dane(state)
             return len(entries)
 
-        return _fill_after_setup(cache, fill, f"put into the {config.type} cache")
+        what = f"and {len(states)} DANE states put into the {config.type} cache"
+        return _fill_after_setup(cache, fill, what)
 
     cache_module.create_cache = create_cache
     return daemon.main(["-c", args.config, *args.daemon_args])
@@ -208,6 +222,59 @@ def launch_peer(args: argparse.Namespace) -> int:
         utils.create_cache = create_cache
     sys.argv = ["mta-sts-daemon", "-c", args.config, *args.daemon_args]
     return int(daemon.main())
+
+
+def has_dane() -> bool:
+    """Whether the mtasts_fast this interpreter imports stores DANE states."""
+    try:
+        from mtasts_fast.dane.state import DaneState  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def dane_state(domain: str, now: float) -> Any:
+    """``domain``'s DANE state ``none`` as an evaluation of an insecure MX RRset stores it
+    (``mtasts_fast/dane/evaluate.py``), valid for ``DANE_VALID`` seconds from ``now``."""
+    from mtasts_fast.dane.state import NO_DANE, DaneState
+
+    reason = f"MX RRset of {domain} is insecure (no AD bit)"
+    return DaneState(domain, NO_DANE, reason, (), now, now + DANE_VALID)
+
+
+def seed_dane(argv: list[str]) -> int:
+    """``run.py _seed-dane --config CFG --seed FILE``: every seeded domain's DANE state
+    ``none``, stored through ``put_dane`` into the cache that CFG configures; prints JSON."""
+    import asyncio
+
+    from mtasts_fast.cache import create_cache
+    from mtasts_fast.config import Config
+
+    sp = argparse.ArgumentParser(prog="run.py _seed-dane")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--seed", required=True)
+    sargs = sp.parse_args(argv)
+    if not has_dane():
+        print(json.dumps({"states": 0, "why": "this tree has no DANE states"}))
+        return 0
+    config = Config.from_yaml(sargs.config)
+    now = time.time()
+    states = [dane_state(r["domain"], now) for r in read_seed(sargs.seed)]
+
+    async def fill() -> float:
+        cache = create_cache(config.cache, config.filename)
+        await cache.setup()
+        try:
+            t0 = time.monotonic()
+            for state in states:
+                await cache.put_dane(state)
+            return time.monotonic() - t0
+        finally:
+            await cache.close()
+
+    seconds = asyncio.run(fill())
+    print(json.dumps({"states": len(states), "seconds": round(seconds, 2)}))
+    return 0
 
 
 def launch_main(command: str, argv: list[str]) -> int:
