@@ -103,6 +103,15 @@ BENCH_SCALING_ARGS ?=
 bench-scaling: compile bench-tools
 	$(PY) benchmarks/load/scaling.py $(BENCH_SCALING_ARGS)
 
+# The cold path: never-seen domains, ours vs postfix-mta-sts-resolver, with local DNS and
+# HTTPS policy hosts (benchmarks/load/README.md, "Cold path"). BENCH_COLD_ARGS=--quick: a
+# smoke test (300 domains, one run each).
+BENCH_COLD_ARGS ?=
+.PHONY: bench-cold
+
+bench-cold: compile
+	$(PY) benchmarks/cold/run.py $(BENCH_COLD_ARGS)
+
 # --- soak and fuzzing (benchmarks/soak/README.md, tests/fuzz/README.md) ---------
 SOAK_SECONDS ?= 1800
 SOAK_ARGS ?=

@@ -46,6 +46,19 @@ def dane_expected(config: dict[str, Any]) -> bool:
     return any((zone or {}).get("dane", "precedence") != "off" for zone in zones)
 
 
+def wait_dane_active(server: Server, dns: str, timeout: float = 15.0) -> None:
+    """Wait until ``server``'s worker logs that the resolver validates DNSSEC (the stub
+    at ``dns`` answered its probe); raise if it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not _DANE_ACTIVE.search(server.logfile.read_text(errors="replace")):
+        if time.monotonic() > deadline or server.proc.poll() is not None:
+            raise RuntimeError(
+                f"{server.name}: DANE detection did not become active within {timeout:g} s "
+                f"(resolver {dns}); log:\n{server.logfile.read_text(errors='replace')[-3000:]}"
+            )
+        time.sleep(0.05)
+
+
 class Daemons:
     """Configurations, caches and start-up of the servers of one ``run.py`` run."""
 
@@ -131,19 +144,9 @@ class Daemons:
         config = json.loads(cfg.read_text())
         found: dict[str, Any] = {"daemon": variant.name, "pairing": pairing, "transport": transport}
         expected = dane_expected(config)
-        deadline = time.monotonic() + 15
-        active = False
-        while expected and not active and time.monotonic() < deadline:
-            active = bool(_DANE_ACTIVE.search(server.logfile.read_text(errors="replace")))
-            if not active:
-                time.sleep(0.1)
-        found["dane_expected"], found["dane_active"] = expected, active
-        if expected and not active:
-            raise RuntimeError(
-                f"{server.name}: DANE detection did not become active within 15 s "
-                f"(probe queries answered by the stub: {self.dns.probes_answered}); "
-                f"log:\n{server.logfile.read_text(errors='replace')[-3000:]}"
-            )
+        if expected:
+            wait_dane_active(server, self.dns.address)
+        found["dane_expected"] = found["dane_active"] = expected
         metrics = config.get("metrics")
         if metrics:
             url = f"http://127.0.0.1:{metrics['port']}/metrics"
