@@ -156,6 +156,6 @@ man: venv
 
 clean:
 	rm -rf build dist *.egg-info mtasts_fast/*.egg-info docs/man/build
-	rm -f mtasts_fast/_netstring.c mtasts_fast/_matcher.c mtasts_fast/_counters.c mtasts_fast/*.so mtasts_fast/*.html
+	rm -f mtasts_fast/_netstring.c mtasts_fast/_matcher.c mtasts_fast/_counters.c mtasts_fast/_fastpath.c mtasts_fast/*.so mtasts_fast/*.html
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis benchmarks/.build .fuzz-venv .fuzz-build

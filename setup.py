@@ -1,4 +1,4 @@
-"""Build the three Cython extensions; all metadata lives in pyproject.toml.
+"""Build the four Cython extensions; all metadata lives in pyproject.toml.
 
 MTASTS_NO_EXTENSIONS=1 builds nothing (pure-Python install).
 MTASTS_DEBUG=1 adds Cython annotations and line tracing for profiling.
@@ -23,6 +23,7 @@ if not NO_EXTENSIONS:
             ),
             Extension("mtasts_fast._matcher", ["mtasts_fast/_matcher.pyx"], define_macros=macros),
             Extension("mtasts_fast._counters", ["mtasts_fast/_counters.pyx"], define_macros=macros),
+            Extension("mtasts_fast._fastpath", ["mtasts_fast/_fastpath.pyx"], define_macros=macros),
         ],
         compiler_directives={
             "language_level": "3",

@@ -18,11 +18,7 @@ cdef enum:
 cdef class CounterArray:
     """64-bit cells over a writable buffer whose size is a multiple of 8 bytes."""
 
-    cdef Py_buffer _view
-    cdef bint _held
-    cdef uint64_t *_ints
-    cdef double *_floats
-    cdef Py_ssize_t _size
+    # The fields are declared in _counters.pxd, for _fastpath.pyx.
 
     def __cinit__(self, object buffer):
         self._held = False

@@ -8,8 +8,8 @@ from typing import Any
 __all__ = ["make_room"]
 
 
-def make_room(memo: dict[Any, Any], limit: int) -> None:
-    """Drop the oldest eighth of ``memo`` once it holds ``limit`` entries.
+def make_room(memo: dict[Any, Any], limit: int) -> int:
+    """Drop the oldest eighth of ``memo`` once it holds ``limit`` entries; how many went.
 
     Dicts keep insertion order, so the first keys are the oldest inserted.
     Emptying a full memo at once would make a worker's memory saw-tooth and
@@ -19,6 +19,8 @@ def make_room(memo: dict[Any, Any], limit: int) -> None:
     every ``limit / 8`` insertions.
     """
     if len(memo) < limit:
-        return
-    for key in list(itertools.islice(memo, max(1, limit // 8))):
+        return 0
+    dropped = list(itertools.islice(memo, max(1, limit // 8)))
+    for key in dropped:
         del memo[key]
+    return len(dropped)

@@ -21,6 +21,12 @@ answer (``OK dane-only``, ``OK dane`` or ``TEMP``) when DANE applies; with
 cache read (``get_dane_nowait``) and the reply memoised on the DANE state;
 a state past its expiry is still answered while it is re-evaluated in the
 background, and only a domain with no usable state waits for DNS.
+
+The compiled request path (fastpath.py) answers most requests before they
+get here: each time this hot path answers from a memoised entry (and DANE
+state), from a local override or for a key that can have no policy, it
+records the reply with the conditions under which it would give it again
+(``_learn``), and the server's connections replay it while they hold.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from mtasts_fast.dane.refresher import DaneRefresher
 from mtasts_fast.dane.reply import RENDER_KEY, dane_reply
 from mtasts_fast.dane.resolver import DaneResolver
 from mtasts_fast.dane.state import TEMP, DaneState
+from mtasts_fast.fastpath import FastPath
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.keys import normalise_key
 from mtasts_fast.memo import make_room
@@ -69,6 +76,7 @@ TEMP_CACHE = encode(b"TEMP MTA-STS policy cache unavailable")
 _KEY_MEMO_LIMIT = 65_536
 
 _MISSING = object()
+_NEVER = float("inf")
 # The hot path reads a DANE state's memoised reply with the literal key.
 assert RENDER_KEY == 0
 
@@ -178,6 +186,18 @@ class Responder:
         #: Lookups answered (or, for enforce_testing, rendered) by an
         #: override, by kind: a plain counter for the metrics to export.
         self.override_counts: collections.Counter[str] = collections.Counter()
+        #: The replies the server's connections may serve without calling
+        #: ``answer`` (fastpath.py), as this hot path records them.
+        self.fast = FastPath(
+            metrics.region.cells, self.override_counts, grace=self._grace, clock=clock
+        )
+        # A memoised entry dropped by the cache would be read anew, and
+        # counted on the "cache" path: the recorded replies must go.
+        self._forget = self.fast.clear
+        cache.watch_memo(self._forget)
+        # The id of the cache's last commit (None: no stamps, nothing of the
+        # cache is recorded); bound on first use, the cache may open later.
+        self._stamp: Callable[[], int | None] = self._bind_stamps
         #: Coalesced, rate-limited fetches with negative caching and backoff.
         self.refresher = PolicyRefresher(config, cache, fetcher, clock=clock, metrics=metrics)
         # Last background revalidation attempt per domain, so a lookup storm
@@ -208,6 +228,8 @@ class Responder:
         for zone in (self._default_zone, *self._zones.values()):
             for each in (zone, zone.strict):
                 each.dane = each.dane_mode if active else _STS_ONLY
+        # Every recorded reply was decided with the old setting.
+        self.fast.clear()
 
     # -- the hot path -----------------------------------------------------------
 
@@ -220,7 +242,10 @@ class Responder:
             domain = self._normalise(raw_key)
         if domain is None:
             self._count(zone.lookups.invalid)
+            # The same answer for as long as this responder lives.
+            self.fast.put(payload, NOTFOUND_REPLY, zone.lookups.invalid)
             return NOTFOUND_REPLY
+        kind = None
         if not isinstance(domain, str):
             # A local override: the operator's word, before anything else
             # (DANE and MTA-STS alike).
@@ -228,10 +253,17 @@ class Responder:
             kind = domain.override.kind
             self.override_counts[kind] += 1
             if kind != ENFORCE_TESTING:
-                return self._counted(zone, "override", domain.reply(zone.config, zone.render_key))
+                given = domain.reply(zone.config, zone.render_key)
+                cell = zone.lookups.cell("override", _outcome(given))
+                self._count(cell)
+                self.fast.put(payload, given, cell, kind=kind)
+                return given
             zone = zone.strict
             domain = domain.domain
         if self._sync_reads:
+            # Before the reads: a reply is recorded only if no commit came
+            # between this and the end of the reads (_learn).
+            stamp = self._stamp()
             try:
                 entry = self._cache.get_nowait(domain)
             except Exception:
@@ -247,14 +279,14 @@ class Responder:
                     if reply is None:
                         reply = self._framed(entry, zone)
                     dane = zone.dane
+                    # _framed memoises NOTFOUND as the one NOTFOUND_REPLY object.
+                    cell = zone.memo_no_policy if reply is NOTFOUND_REPLY else zone.memo_policy
                     if not dane or (reply is NOTFOUND_REPLY and dane == _PRECEDENCE):
+                        # The next lookup finds the reply memoised: its cell.
+                        self._learn(payload, reply, cell, stamp, entry, None, kind)
                         if not memo:
                             return self._counted(zone, "cache", reply)
-                        # _framed memoises NOTFOUND as the one NOTFOUND_REPLY object.
-                        if reply is NOTFOUND_REPLY:
-                            self._count(zone.memo_no_policy)
-                        else:
-                            self._count(zone.memo_policy)
+                        self._count(cell)
                         return reply
                     # RFC 8461 §2: the DANE answer, when DANE applies, comes first.
                     path = "memo" if memo else "cache"
@@ -267,10 +299,11 @@ class Responder:
                         if final is None:
                             final = dane_reply(state)
                         if final:
-                            self._count(
-                                zone.dane_temp if state.decision == TEMP else zone.dane_policy
-                            )
+                            cell = zone.dane_temp if state.decision == TEMP else zone.dane_policy
+                            self._count(cell)
+                            self._learn(payload, final, cell, stamp, entry, state, kind)
                             return final
+                        self._learn(payload, reply, cell, stamp, entry, state, kind)
                         return self._counted(zone, path, reply)
                     return self._dane_expired(domain, zone, reply, path, state, now)
             elif self.refresher.in_backoff(domain, now):
@@ -281,6 +314,46 @@ class Responder:
                 self._count(zone.lookups.backoff)
                 return NOTFOUND_REPLY
         return self._answer_slow(domain, zone)
+
+    def _learn(
+        self,
+        payload: bytes,
+        reply: bytes,
+        cell: int,
+        stamp: int | None,
+        entry: CacheEntry,
+        state: DaneState | None,
+        kind: str | None,
+    ) -> None:
+        """Record ``reply`` for the fast path, if the reads just made were of one commit.
+
+        ``stamp`` was read before ``entry`` (and ``state``); if the id is
+        still the same, no commit came in between, so the cache's memo holds
+        both objects under this id, and while it stays unchanged this hot
+        path would find them again and give ``reply``, counted in ``cell``,
+        as long as the times recorded with it say so (fastpath.py).
+        """
+        if stamp is None or self._stamp() != stamp:
+            return
+        self.fast.put(
+            payload,
+            reply,
+            cell,
+            stamp,
+            entry.expires_at,
+            entry.checked_at,
+            _NEVER if state is None else state.expires_at,
+            kind,
+        )
+
+    def _bind_stamps(self) -> int | None:
+        """The commit id, binding ``_stamp`` to the cache's counter once it has one."""
+        stamps = self._cache.commit_stamps
+        if stamps is None:
+            return None
+        self.fast.set_stamps(stamps)
+        self._stamp = stamps.value
+        return stamps.value()
 
     def _counted(self, zone: _Zone, path: str, reply: bytes) -> bytes:
         """Count a lookup answered by ``reply`` along ``path`` (off the hot path)."""
@@ -456,6 +529,8 @@ class Responder:
 
     async def close(self) -> None:
         """Cancel background revalidations, fetches and evaluations (at shutdown)."""
+        self._cache.unwatch_memo(self._forget)
+        self.fast.clear()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

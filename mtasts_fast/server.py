@@ -2,9 +2,14 @@
 
 A Protocol rather than streams: a cache hit is parsed, answered and written
 inside one ``data_received`` call, with no task, no future and no extra copy.
-Requests that must wait for the network become tasks; their replies are
-queued behind the ones already owed, so pipelined requests are answered in
-order, and one slow lookup never delays another connection.
+While no reply is owed and no partial netstring is buffered, the bytes go
+first to the responder's fast path (fastpath.py): one compiled call frames
+them, finds the replies it recorded, counts the lookups and returns every
+reply for one ``transport.write``. What it does not serve (from the first
+netstring it cannot answer on) goes to the netstring parser and the
+responder, as before. Requests that must wait for the network become tasks;
+their replies are queued behind the ones already owed, so pipelined requests
+are answered in order, and one slow lookup never delays another connection.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import socket
 import sys
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
 from mtasts_fast.binding import (
@@ -55,13 +60,17 @@ _KEEP_SOCKET_FILE: dict[str, Any] = {"cleanup_socket": False} if sys.version_inf
 class SocketmapProtocol(asyncio.Protocol):
     __slots__ = (
         "_closing",
+        "_fast",
+        "_fast_ok",
         "_parser",
         "_paused_pipeline",
         "_paused_writing",
         "_pending",
         "_responder",
+        "_serve",
         "_server",
         "_transport",
+        "_write",
         "last_tick",
     )
 
@@ -69,7 +78,13 @@ class SocketmapProtocol(asyncio.Protocol):
         self._server = server
         self._responder = server.responder
         self._parser = NetstringParser()
+        self._fast = fast = server.responder.fast
+        self._serve = fast.serve
+        # True while the fast path may take the bytes: connected, no reply
+        # owed, no partial netstring in the parser, not closing.
+        self._fast_ok = False
         self._transport: asyncio.Transport | None = None
+        self._write: Callable[[bytes], object] | None = None
         # Replies owed, oldest first: bytes when ready, a Task while waiting.
         self._pending: deque[bytes | asyncio.Task[bytes]] = deque()
         self._closing = False
@@ -83,10 +98,12 @@ class SocketmapProtocol(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
+        self._write = transport.write
         server = self._server
         if len(server.connections) >= server.max_connections:
             server.refuse(transport)
             return
+        self._fast_ok = True
         server.connections.add(self)
         server.metrics.connection_accepted(len(server.connections))
         sock = transport.get_extra_info("socket")
@@ -101,6 +118,7 @@ class SocketmapProtocol(asyncio.Protocol):
             connections.discard(self)
             self._server.metrics.connection_closed(len(connections))
         self._closing = True
+        self._fast_ok = False
         for item in self._pending:
             if not isinstance(item, bytes):
                 item.cancel()
@@ -117,6 +135,23 @@ class SocketmapProtocol(asyncio.Protocol):
         self._maybe_resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._fast_ok:
+            replies = self._serve(data)
+            if replies is not None:
+                # Every netstring answered by the fast path: one write.
+                self._write(replies)  # type: ignore[misc]
+                self.last_tick = self._server.tick
+                return
+            # Answered up to the first netstring it could not: those replies
+            # go first, the rest to the parser, idle at that boundary.
+            fast = self._fast
+            if fast.unserved:
+                self._write(fast.unserved)  # type: ignore[misc]
+            if fast.offset:
+                data = data[fast.offset :]
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         if self._closing:
             return
         self.last_tick = self._server.tick
@@ -134,16 +169,19 @@ class SocketmapProtocol(asyncio.Protocol):
             for payload in exc.payloads:
                 self._handle(payload)
             self._closing = True
+            self._fast_ok = False
             if self._transport is not None:
                 self._transport.pause_reading()
             self._close_when_flushed()
             return
         for payload in payloads:
             self._handle(payload)
+        self._fast_ok = not (self._pending or self._parser.pending)
 
     def eof_received(self) -> bool | None:
         # The client has finished sending; deliver what is owed, then close.
         self._closing = True
+        self._fast_ok = False
         self._close_when_flushed()
         return True
 
@@ -197,6 +235,7 @@ class SocketmapProtocol(asyncio.Protocol):
         if self._closing:
             self._close_when_flushed()
         else:
+            self._fast_ok = not (pending or self._parser.pending)
             self._maybe_resume_reading()
 
     def _maybe_resume_reading(self) -> None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtasts_fast.cache.base import CacheEntry
-from mtasts_fast.cache.internal import InternalCache
+from mtasts_fast.cache.base import Cache, CacheEntry
+from mtasts_fast.cache.lmdb import LmdbCache
 from mtasts_fast.config import Config
 from mtasts_fast.dane.probe import DnssecProbe
 from mtasts_fast.dane.resolver import DaneResolver
@@ -75,12 +77,14 @@ class Client:
 @dataclass
 class Running:
     config: Config
-    cache: InternalCache
+    cache: Cache
     fetcher: PolicyFetcher
     responder: Responder
     server: SocketmapServer
     clients: list[Client] = field(default_factory=list)
     probe: DnssecProbe | None = None
+    #: The temporary directory of the cache start_daemon made (removed at stop).
+    cache_dir: str | None = None
 
     async def connect(self) -> Client:
         """A new client connection; ``stop()`` closes any the test left open."""
@@ -109,7 +113,12 @@ class Running:
         await self.server.stop(1.0)
         await self.responder.close()
         await self.fetcher.close()
-        await self.cache.close()
+        if self.cache_dir is not None:
+            # The cache start_daemon made is this daemon's alone.
+            await self.cache.close()
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
+        else:
+            await self.cache.close()
 
 
 async def start_daemon(
@@ -124,8 +133,12 @@ async def start_daemon(
 ) -> Running:
     """Start cache, fetcher, responder and server in this loop, like the daemon does.
 
-    ``clock`` replaces the responder's wall clock (tests of backoff periods);
-    ``cache`` replaces the in-process cache (a shared one, say). ``dane``:
+    The cache is what the daemon's ``internal`` cache is: an LMDB
+    environment without flushes in a directory of its own (so the fast path
+    of fastpath.py answers cached lookups as in a worker). ``clock``
+    replaces the responder's wall clock (tests of backoff periods);
+    ``cache`` replaces that cache (a shared one, an in-process
+    ``InternalCache``, one that fails on purpose). ``dane``:
     evaluate DANE like a worker does, with a resolver for ``nameservers`` and
     a DNSSEC probe of ``dnssec_probe_name`` that has run once; without it
     every zone answers MTA-STS only.
@@ -138,8 +151,12 @@ async def start_daemon(
         data["port"] = free_port()
     data.update(settings)
     config = Config.from_mapping(data, "<test>")
+    cache_dir = None
     if cache is None:
-        cache = InternalCache(int(config.cache.options.get("cache_size", 10_000)))
+        cache_dir = tempfile.mkdtemp(prefix="mtasts-test-cache-")
+        size = int(config.cache.options.get("cache_size", 10_000))
+        cache = LmdbCache({"path": cache_dir + "/", "max_entries": size, "durable": False})
+        await cache.setup()
     fetcher = PolicyFetcher(nameservers=config.nameservers, ca_file=config.ca_file)
     await fetcher.start()
     resolver = probe = None
@@ -162,8 +179,11 @@ async def start_daemon(
         await server.start()
     except BaseException:
         await fetcher.close()
+        if cache_dir is not None:
+            await cache.close()
+            shutil.rmtree(cache_dir, ignore_errors=True)
         raise
-    return Running(config, cache, fetcher, responder, server, probe=probe)
+    return Running(config, cache, fetcher, responder, server, probe=probe, cache_dir=cache_dir)
 
 
 def enforce(*mx: str, max_age: int = 86400) -> Policy:

@@ -307,7 +307,7 @@ async def test_overridden_domains_are_never_fetched_nor_cached(
     for domain in ("skipped.loc", "sub.skipped-parent.loc", "static.loc"):
         assert world.txt_queries(domain) == 0
         assert world.https_requests(domain) == 0
-    assert len(running.cache) == 0
+    assert (await running.cache.stats()).entries == 0
     # enforce_testing looks the domain up as usual, and caches what it fetched.
     await postmap.query("testing.loc")
     assert running.cache.get_nowait("testing.loc") is not None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from mtasts_fast.dane.state import DaneState
 from mtasts_fast.policy import Policy
+
+if TYPE_CHECKING:
+    from mtasts_fast.fastpath import StampSource
 
 __all__ = [
     "SCAN_BATCH",
@@ -135,6 +138,25 @@ class Cache(abc.ABC):
 
     def get_nowait(self, domain: str) -> CacheEntry | None:
         raise NotImplementedError(f"{type(self).__name__} has no synchronous reads")
+
+    # -- for the compiled request path (fastpath.py) -------------------------------
+
+    @property
+    def commit_stamps(self) -> StampSource | None:
+        """Where the id of the backend's last commit is read, or None.
+
+        Only a backend whose synchronous reads are memoised and stamped with
+        that id has one (lmdb): while the id is unchanged, ``get_nowait``
+        and ``get_dane_nowait`` return the objects they returned under it,
+        unless the memo dropped them (``watch_memo``).
+        """
+        return None
+
+    def watch_memo(self, listener: Callable[[], object]) -> None:  # noqa: B027 - no memo
+        """Call ``listener()`` whenever the in-process memo drops entries or states."""
+
+    def unwatch_memo(self, listener: Callable[[], object]) -> None:  # noqa: B027 - no memo
+        """Stop calling ``listener`` (no error if it was not watching)."""
 
     @abc.abstractmethod
     async def get(self, domain: str) -> CacheEntry | None:

@@ -6,10 +6,11 @@ opening a transaction at all. LMDB keeps the id in its two meta pages (the
 first two pages of the data file; the newer one holds the higher id, updated
 by the single write that makes a commit visible), and ``env.info()`` reads it
 but costs more than a read transaction, so the pages are mapped read-only and
-the id read in place. Their layout is checked at open against ``env.info()``;
-on any mismatch the stamps are not used and every hit reads the file as
-before. The id is bumped by the commit itself, so it is exact across
-processes and crashes.
+the id read in place (by ``value()``, and by the compiled request path of
+``fastpath`` through ``location()``). Their layout is checked at open
+against ``env.info()``; on any mismatch the stamps are not used and every
+hit reads the file as before. The id is bumped by the commit itself, so it
+is exact across processes and crashes.
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ class CommitCounter:
             if ours == before == env.info()["last_txnid"]:
                 return True
         return False
+
+    def location(self) -> tuple[mmap.mmap, int, int] | None:
+        """The mapped meta pages and the indexes of their two ids as 64-bit words.
+
+        For the compiled request path (``fastpath``), which reads the id in
+        place: the larger of the two words, as :meth:`value`. None when the
+        layout is not recognised or the counter is closed.
+        """
+        if self._map is None or self._words is None:
+            return None
+        return self._map, self._first, self._second
 
     def value(self) -> int | None:
         words = self._words

@@ -36,6 +36,8 @@ thread inside a write transaction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lmdb
 
 from mtasts_fast.cache.base import CacheUnavailable
@@ -66,8 +68,12 @@ def read_dane(
     commits: CommitCounter | None,
     memo: DaneMemo,
     domain: str,
+    dropped: Callable[[], object] | None = None,
 ) -> DaneState | None:
-    """The DANE state of ``domain``, from ``memo`` when it is still exact (module doc)."""
+    """The DANE state of ``domain``, from ``memo`` when it is still exact (module doc).
+
+    ``dropped`` is called when making room dropped states from ``memo``.
+    """
     if env is None or dbs is None:
         raise CacheUnavailable("the LMDB cache is not open")
     # Read before the transaction begins: a commit after this point
@@ -100,8 +106,8 @@ def read_dane(
     state = decode_dane(domain, data)
     if state is None:
         return None
-    if memoised is None:
-        make_room(memo, MEMO_LIMIT)
+    if memoised is None and make_room(memo, MEMO_LIMIT) and dropped is not None:
+        dropped()
     memo[domain] = (data, state, commit)
     return state
 

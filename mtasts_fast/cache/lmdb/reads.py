@@ -21,12 +21,18 @@ with 10³ or 10⁶ entries, instead of a B-tree descent that touches more
 pages (and more TLB and cache misses) the bigger the file. Without a
 counter (a file layout it does not recognise) every hit reads the file.
 
+The compiled request path (``fastpath``) goes one step further and replays
+a reply while the id is unchanged; it must hear when the memo drops an
+entry (the next read would decode a new one), hence ``dropped``.
+
 Every function here raises ``lmdb.MapResizedError`` as it comes, so that
 the caller can adopt the grown map and read again; other LMDB errors become
 ``CacheUnavailable``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import lmdb
 
@@ -54,8 +60,12 @@ def read_entry(
     memo: Memo,
     domain: str,
     limit: int = MEMO_LIMIT,
+    dropped: Callable[[], object] | None = None,
 ) -> CacheEntry | None:
-    """The entry of ``domain``, from ``memo`` when it is still exact (module doc)."""
+    """The entry of ``domain``, from ``memo`` when it is still exact (module doc).
+
+    ``dropped`` is called when making room dropped entries from ``memo``.
+    """
     if env is None or dbs is None:
         raise CacheUnavailable("the LMDB cache is not open")
     # Read before the transaction begins: a commit after this point
@@ -88,8 +98,8 @@ def read_entry(
     entry = decode_entry(domain, data)
     if entry is None:
         return None
-    if memoised is None:
-        make_room(memo, limit)
+    if memoised is None and make_room(memo, limit) and dropped is not None:
+        dropped()
     memo[domain] = (data, entry, commit)
     return entry
 

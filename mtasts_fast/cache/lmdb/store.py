@@ -17,6 +17,7 @@ loop's thread while holding the write lock, so the writer thread is idle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -91,6 +92,10 @@ class LmdbCache(Cache):
         self._memo_limit = min(MEMO_LIMIT, self._max_entries)
         self._dane_memo: dane.DaneMemo = {}
         self._commits: CommitCounter | None = None
+        # Told when a memo drops entries (the responder's fast path).
+        self._memo_listeners: list[Callable[[], object]] = []
+        # Bound once: the reads pass it on every call.
+        self._on_drop = self._memo_dropped
 
     # -- opening and closing ------------------------------------------------------
 
@@ -129,6 +134,7 @@ class LmdbCache(Cache):
             self._writer = None
             self._memo.clear()
             self._dane_memo.clear()
+            self._memo_dropped()
 
     @property
     def path(self) -> str:
@@ -150,12 +156,36 @@ class LmdbCache(Cache):
             raise CacheUnavailable("the LMDB cache is not open")
         return self._capacity
 
+    # -- the memo, for the compiled request path (fastpath.py) -------------------
+
+    @property
+    def commit_stamps(self) -> CommitCounter | None:
+        commits = self._commits
+        return commits if commits is not None and commits.value() is not None else None
+
+    def watch_memo(self, listener: Callable[[], object]) -> None:
+        self._memo_listeners.append(listener)
+
+    def unwatch_memo(self, listener: Callable[[], object]) -> None:
+        with contextlib.suppress(ValueError):
+            self._memo_listeners.remove(listener)
+
+    def _memo_dropped(self) -> None:
+        for listener in list(self._memo_listeners):
+            listener()
+
     # -- reads (event loop thread) --------------------------------------------
 
     def get_nowait(self, domain: str) -> CacheEntry | None:
         try:
             return read_entry(
-                self._env, self._dbs, self._commits, self._memo, domain, self._memo_limit
+                self._env,
+                self._dbs,
+                self._commits,
+                self._memo,
+                domain,
+                self._memo_limit,
+                self._on_drop,
             )
         except lmdb.MapResizedError:
             if self._write_lock.locked():
@@ -165,7 +195,13 @@ class LmdbCache(Cache):
             adopt_map_size(self._require_env(), self._path)
         try:
             return read_entry(
-                self._env, self._dbs, self._commits, self._memo, domain, self._memo_limit
+                self._env,
+                self._dbs,
+                self._commits,
+                self._memo,
+                domain,
+                self._memo_limit,
+                self._on_drop,
             )
         except lmdb.MapResizedError as exc:
             raise CacheUnavailable(f"LMDB map keeps being resized: {exc}") from exc
@@ -174,7 +210,15 @@ class LmdbCache(Cache):
         return await self._adopting(self._read, domain)
 
     def _read(self, domain: str) -> CacheEntry | None:
-        return read_entry(self._env, self._dbs, self._commits, self._memo, domain, self._memo_limit)
+        return read_entry(
+            self._env,
+            self._dbs,
+            self._commits,
+            self._memo,
+            domain,
+            self._memo_limit,
+            self._on_drop,
+        )
 
     async def _adopting(self, read: Callable[..., _T], *args: Any) -> _T:
         """``read(*args)``; if another process has grown the map, adopt it and retry."""
@@ -206,13 +250,17 @@ class LmdbCache(Cache):
         # read_dane is called directly, like read_entry: the hot path's
         # second read (see the dane module).
         try:
-            return read_dane(self._env, self._dbs, self._commits, self._dane_memo, domain)
+            return read_dane(
+                self._env, self._dbs, self._commits, self._dane_memo, domain, self._on_drop
+            )
         except lmdb.MapResizedError:
             if self._write_lock.locked():
                 return None  # as in get_nowait: the caller falls back to get_dane()
             adopt_map_size(self._require_env(), self._path)
         try:
-            return read_dane(self._env, self._dbs, self._commits, self._dane_memo, domain)
+            return read_dane(
+                self._env, self._dbs, self._commits, self._dane_memo, domain, self._on_drop
+            )
         except lmdb.MapResizedError as exc:
             raise CacheUnavailable(f"LMDB map keeps being resized: {exc}") from exc
 
@@ -220,7 +268,9 @@ class LmdbCache(Cache):
         return await self._adopting(self._read_dane, domain)
 
     def _read_dane(self, domain: str) -> DaneState | None:
-        return read_dane(self._env, self._dbs, self._commits, self._dane_memo, domain)
+        return read_dane(
+            self._env, self._dbs, self._commits, self._dane_memo, domain, self._on_drop
+        )
 
     async def stats(self) -> CacheStats:
         return await self._adopting(self._read_stats)
