@@ -185,7 +185,10 @@ cdef class FastPathC:
                 return 0
             cells._ints[hit.cell] += 1
         else:
-            self._count(hit.cell)
+            try:
+                self._count(hit.cell)
+            except IndexError:
+                return 0
         if hit.kind is not None:
             kinds = self._kinds
             kinds[hit.kind] = kinds.get(hit.kind, 0) + 1

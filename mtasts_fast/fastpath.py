@@ -41,7 +41,8 @@ When a hit holds (every check is the responder's own, in the same terms)
     responder empties the table (``clear``) when anything else it decides
     with changes in process: DANE detection switched on or off by the
     DNSSEC probe, the cache's memo dropping entries (the next read would
-    decode a new entry, and count ``cache`` instead of ``memo``). A reload
+    decode a new entry, and count ``cache`` instead of ``memo``; a DANE
+    state decoded anew gives the same reply, counted alike). A reload
     builds a new responder, hence a new table: a changed override file, zone
     or ``cache_grace`` is never seen through an old hit.
 
@@ -254,7 +255,10 @@ class FastPathPy:
                     and now < hit.dane_expires_at
                 ):
                     break
-            self._count(hit.cell)
+            try:
+                self._count(hit.cell)
+            except IndexError:
+                break  # counters released (the worker stops): nothing is served uncounted
             if hit.kind is not None:
                 self._kinds[hit.kind] += 1
             replies.append(hit.reply)

@@ -148,12 +148,12 @@ class Cache(abc.ABC):
         Only a backend whose synchronous reads are memoised and stamped with
         that id has one (lmdb): while the id is unchanged, ``get_nowait``
         and ``get_dane_nowait`` return the objects they returned under it,
-        unless the memo dropped them (``watch_memo``).
+        unless the memo dropped them (``watch_memo`` tells of entries).
         """
         return None
 
     def watch_memo(self, listener: Callable[[], object]) -> None:  # noqa: B027 - no memo
-        """Call ``listener()`` whenever the in-process memo drops entries or states."""
+        """Call ``listener()`` whenever the in-process memo drops policy entries."""
 
     def unwatch_memo(self, listener: Callable[[], object]) -> None:  # noqa: B027 - no memo
         """Stop calling ``listener`` (no error if it was not watching)."""

@@ -36,8 +36,6 @@ thread inside a write transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import lmdb
 
 from mtasts_fast.cache.base import CacheUnavailable
@@ -68,12 +66,8 @@ def read_dane(
     commits: CommitCounter | None,
     memo: DaneMemo,
     domain: str,
-    dropped: Callable[[], object] | None = None,
 ) -> DaneState | None:
-    """The DANE state of ``domain``, from ``memo`` when it is still exact (module doc).
-
-    ``dropped`` is called when making room dropped states from ``memo``.
-    """
+    """The DANE state of ``domain``, from ``memo`` when it is still exact (module doc)."""
     if env is None or dbs is None:
         raise CacheUnavailable("the LMDB cache is not open")
     # Read before the transaction begins: a commit after this point
@@ -106,8 +100,8 @@ def read_dane(
     state = decode_dane(domain, data)
     if state is None:
         return None
-    if memoised is None and make_room(memo, MEMO_LIMIT) and dropped is not None:
-        dropped()
+    if memoised is None:
+        make_room(memo, MEMO_LIMIT)
     memo[domain] = (data, state, commit)
     return state
 

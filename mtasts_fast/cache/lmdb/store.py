@@ -250,17 +250,13 @@ class LmdbCache(Cache):
         # read_dane is called directly, like read_entry: the hot path's
         # second read (see the dane module).
         try:
-            return read_dane(
-                self._env, self._dbs, self._commits, self._dane_memo, domain, self._on_drop
-            )
+            return read_dane(self._env, self._dbs, self._commits, self._dane_memo, domain)
         except lmdb.MapResizedError:
             if self._write_lock.locked():
                 return None  # as in get_nowait: the caller falls back to get_dane()
             adopt_map_size(self._require_env(), self._path)
         try:
-            return read_dane(
-                self._env, self._dbs, self._commits, self._dane_memo, domain, self._on_drop
-            )
+            return read_dane(self._env, self._dbs, self._commits, self._dane_memo, domain)
         except lmdb.MapResizedError as exc:
             raise CacheUnavailable(f"LMDB map keeps being resized: {exc}") from exc
 
@@ -268,9 +264,7 @@ class LmdbCache(Cache):
         return await self._adopting(self._read_dane, domain)
 
     def _read_dane(self, domain: str) -> DaneState | None:
-        return read_dane(
-            self._env, self._dbs, self._commits, self._dane_memo, domain, self._on_drop
-        )
+        return read_dane(self._env, self._dbs, self._commits, self._dane_memo, domain)
 
     async def stats(self) -> CacheStats:
         return await self._adopting(self._read_stats)
