@@ -2,9 +2,9 @@
 
 :class:`DnsChannel` owns the channel and replaces it once a minute;
 :func:`query_txt` asks it for the TXT records of policy discovery, following
-CNAMEs (RFC 8461 §3.1); :class:`CaresResolver` lets aiohttp resolve the
-policy host on it, so that configured nameservers (:func:`parse_nameservers`)
-answer every lookup a fetch makes.
+CNAMEs (RFC 8461 §3.1); :class:`CaresResolver` resolves the policy host (and
+a proxy) on it for the HTTPS client (https_get.py), so that configured
+nameservers (:func:`parse_nameservers`) answer every lookup a fetch makes.
 
 c-ares (1.23 and later) keeps answers in an in-process cache, negative ones
 included, for up to an hour, and pycares has no option to turn it off: a
@@ -25,13 +25,11 @@ from collections.abc import Callable, Sequence
 
 import aiodns
 import pycares
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 __all__ = ["CaresResolver", "DnsChannel", "parse_nameservers", "query_txt"]
 
 _DNS_CHANNEL_LIFETIME = 60.0
 _MAX_CNAME_CHAIN = 8
-_NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
 
 
 def parse_nameservers(entries: Sequence[str]) -> list[str]:
@@ -115,6 +113,10 @@ class DnsChannel:
         channel, self._current = self._current, None
         if channel is not None:
             await channel.close()
+        # A retiring task made in this turn of the loop has not started yet:
+        # cancelled now, it would never run its ``finally`` (and close its
+        # channel). One turn lets every one of them reach its sleep.
+        await asyncio.sleep(0)
         for task in list(self.retired):
             task.cancel()  # closes its channel now
         if self.retired:
@@ -155,39 +157,23 @@ async def query_txt(channel: Callable[[], aiodns.DNSResolver], name: str) -> lis
     raise aiodns.error.DNSError(aiodns.error.ARES_EBADRESP, "CNAME chain too long")
 
 
-class CaresResolver(AbstractResolver):
-    """aiohttp resolver on the fetcher's own c-ares channel (configured nameservers)."""
+class CaresResolver:
+    """Host addresses from the fetcher's own c-ares channel (https_get.Resolve)."""
 
     def __init__(self, channel: Callable[[], aiodns.DNSResolver]) -> None:
         self._channel = channel
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
+    async def __call__(self, host: str, port: int) -> list[tuple[int, str]]:
+        """The addresses of ``host``, IPv6 and IPv4, as (family, address); OSError if none."""
         # A trailing dot makes the name absolute: no resolv.conf search list.
         name = host if host.endswith(".") else host + "."
         try:
             answer = await self._channel().getaddrinfo(
-                name, family=family, port=port, type=socket.SOCK_STREAM
+                name, family=socket.AF_UNSPEC, port=port, type=socket.SOCK_STREAM
             )
         except aiodns.error.DNSError as exc:
             raise OSError(None, f"{host}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
-        results: list[ResolveResult] = []
-        for node in answer.nodes:
-            address, node_port = node.addr[0], node.addr[1]
-            results.append(
-                ResolveResult(
-                    hostname=host,
-                    host=address.decode("ascii"),
-                    port=node_port,
-                    family=node.family,
-                    proto=0,
-                    flags=_NUMERIC,
-                )
-            )
+        results = [(node.family, node.addr[0].decode("ascii")) for node in answer.nodes]
         if not results:
             raise OSError(None, f"{host}: no address")
         return results
-
-    async def close(self) -> None:
-        """The channel belongs to the fetcher, which closes it."""

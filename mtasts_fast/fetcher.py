@@ -1,7 +1,7 @@
 """MTA-STS policy discovery and fetch (RFC 8461 §3.1, §3.3).
 
 One :class:`PolicyFetcher` per event loop holds its c-ares channel (renewed
-every minute) and one aiohttp session for its whole life.
+every minute) and one HTTPS client (https_get.py) for its whole life.
 :meth:`PolicyFetcher.fetch` never raises for anything a remote party does:
 every outcome is a :class:`FetchResult`.
 
@@ -22,7 +22,7 @@ Stages and outcomes:
 
 The result model is in :mod:`mtasts_fast.fetch_result`, the DNS side (c-ares
 channel, TXT query, nameservers) in :mod:`mtasts_fast.dns_channel`, the HTTPS
-side (TLS context, session, the GET and its limits) in
+side (TLS context, client, the GET and its limits) in
 :mod:`mtasts_fast.policy_download`; this module runs the stages in order.
 """
 
@@ -34,13 +34,13 @@ import time
 from collections.abc import Sequence
 
 import aiodns
-import aiohttp
 
 from mtasts_fast.dns_channel import CaresResolver, DnsChannel, parse_nameservers, query_txt
 from mtasts_fast.errors import PolicyError
 from mtasts_fast.fetch_result import Failure, FetchResult, Outcome, Progress
+from mtasts_fast.https_get import HttpsClient
 from mtasts_fast.policy import parse_policy, parse_txt_records
-from mtasts_fast.policy_download import download_policy, make_ssl_context, open_session
+from mtasts_fast.policy_download import download_policy, make_client, make_ssl_context
 
 __all__ = [
     "FetchResult",
@@ -65,21 +65,21 @@ class PolicyFetcher:
         # and a bad CA file is reported before the socket is bound.
         self._ssl = make_ssl_context(ca_file)
         self._dns = DnsChannel(self._servers)
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpsClient | None = None
 
     async def start(self) -> None:
-        """Create the resolver and the HTTP session (inside the running loop)."""
-        if self._session is not None:
+        """Create the resolver and the HTTPS client (inside the running loop)."""
+        if self._client is not None:
             return
         self._dns.open()
         # With configured nameservers the policy host is resolved through them
-        # too; otherwise aiohttp's default resolver (the system's).
+        # too; otherwise through the system's resolver.
         resolver = CaresResolver(self._channel) if self._servers else None
-        self._session = open_session(self._ssl, resolver)
+        self._client = make_client(self._ssl, resolver)
 
     def _channel(self) -> aiodns.DNSResolver:
         """The c-ares channel for a new query: only between start() and close()."""
-        if self._session is None:
+        if self._client is None:
             raise RuntimeError("PolicyFetcher.start() has not been called")
         return self._dns.current()
 
@@ -89,10 +89,9 @@ class PolicyFetcher:
         return self._dns.retired
 
     async def close(self) -> None:
-        # No query starts from here on (see _channel); then session, channels.
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        # No query starts from here on (see _channel); then the channels. The
+        # client holds nothing open between requests.
+        self._client = None
         await self._dns.close()
 
     async def __aenter__(self) -> PolicyFetcher:
@@ -127,7 +126,7 @@ class PolicyFetcher:
     async def _bounded(
         self, domain: str, seconds: float, known_id: str | None, *, txt_only: bool
     ) -> FetchResult:
-        if self._session is None:
+        if self._client is None:
             raise RuntimeError("PolicyFetcher.start() has not been called")
         self._dns.allow_for(seconds)
         progress = Progress()
@@ -169,8 +168,8 @@ class PolicyFetcher:
                     txt_records=progress.txt_records,
                 )
             progress.stage = "https"
-            assert self._session is not None
-            body = await download_policy(self._session, domain, progress)
+            assert self._client is not None
+            body = await download_policy(self._client, domain, progress)
             progress.stage = "policy"
             return self._validate(domain, body, progress)
         except Failure as failure:

@@ -1,7 +1,7 @@
 """Hand memory freed after policy fetches back to the operating system.
 
-A policy fetch allocates TLS, HTTP and DNS buffers in C (OpenSSL, aiohttp's
-parser, c-ares) and frees them again when it ends. glibc keeps freed memory
+A policy fetch allocates TLS and DNS buffers in C (OpenSSL, c-ares) and
+frees them again when it ends. glibc keeps freed memory
 in its heaps for later use and returns it to the kernel only when a large
 free block sits at the very top of a heap, so a worker that fetches the
 policies of thousands of never-seen domains holds more and more resident

@@ -39,7 +39,7 @@ __all__ = ["LAZY_MODULES", "preload"]
 LAZY_MODULES: tuple[tuple[str, bool, str], ...] = (
     # (module, required, when a worker would import it)
     ("lmdb._envid", False, "py-lmdb 3 opens the first environment (the worker's cache)"),
-    ("encodings.idna", True, "asyncio and aiohttp encode a host name (the first fetch)"),
+    ("encodings.idna", True, "ssl encodes the policy host name for SNI (the first fetch)"),
     ("encodings.punycode", True, "keys.py checks an A-label (the first xn-- key)"),
     ("idna.uts46data", True, "idna maps a U-label (the first non-ASCII key)"),
 )
