@@ -132,6 +132,7 @@ class Cold:
         self.ca_file = work / "cold-ca.pem"
         self.runs: list[dict[str, Any]] = []
         self.hz = os.sysconf("SC_CLK_TCK")
+        self.starts = 0  # numbers each daemon start: its cache files are its own
         started = time.monotonic()
         servers = str(COLD / "servers.py")
         https = ["--domains", str(args.domains), "--suffix", SUFFIX, "--ca-out", str(self.ca_file)]
@@ -204,7 +205,9 @@ class Cold:
 
     def one(self, who: str, pairing: str, rep: int) -> dict[str, Any]:
         a = self.args
-        tag = f"{pairing}-{rep}"
+        self.starts += 1
+        # A new cache file for every start, a repeated run's too: never-seen domains.
+        tag = f"{pairing}-{rep}-{self.starts}"
         server = (self.start_ours if who == "ours" else self.start_peer)(pairing, tag)
         try:
             self.dns.stats(), self.https.stats()  # what came before the run: not counted
@@ -221,6 +224,12 @@ class Cold:
         finally:
             server.stop()
         summary = outcome.summary()
+        fetched = sum(https["gets_per_domain"].values())
+        if fetched < summary["answered"]:
+            raise RuntimeError(
+                f"{who}: {summary['answered']} domains answered but only {fetched} fetched: "
+                f"not a cold cache (see {server.logfile})"
+            )
         # The /proc figures cover the client's connecting too: shares of that time.
         seconds = wall1 - wall0
         hz = self.hz
