@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import time
 from collections.abc import Callable
 
-__all__ = ["TRIM_INTERVAL", "load_malloc_trim", "rss_anon_kib", "trim_forever"]
+__all__ = ["TRIM_INTERVAL", "load_malloc_trim", "release_garbage", "rss_anon_kib", "trim_forever"]
 
 _log = logging.getLogger(__name__)
 
@@ -46,6 +47,20 @@ def load_malloc_trim() -> Trim | None:
     function.restype = ctypes.c_int
     trim: Trim = function
     return trim
+
+
+def release_garbage() -> None:
+    """Collect cyclic garbage and give the heap's free pages back, once.
+
+    The supervisor calls it before each fork, the worker once it has started:
+    start-up (reading the configuration, importing, opening the cache) leaves
+    freed memory in the heap, and a forked worker would carry the parent's
+    as resident memory of its own (about 0.6 MiB of each idle worker).
+    """
+    gc.collect()
+    trim = load_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def rss_anon_kib() -> int | None:

@@ -28,7 +28,7 @@ from mtasts_fast.dane.resolver import DaneResolver
 from mtasts_fast.dane.startup import log_start_notes
 from mtasts_fast.errors import ConfigError
 from mtasts_fast.fetcher import PolicyFetcher
-from mtasts_fast.heap import trim_forever
+from mtasts_fast.heap import release_garbage, trim_forever
 from mtasts_fast.logs import reopen_log_file, set_worker
 from mtasts_fast.maintenance import prune_forever
 from mtasts_fast.metrics.monitor import WorkerMonitor
@@ -177,7 +177,9 @@ async def _serve(
             return WORKER_EXIT_FATAL
         # Everything built so far (modules, config, cache, server) lives as
         # long as the worker: frozen, a full collection no longer walks it
-        # again and again while the worker serves.
+        # again and again while the worker serves. What start-up freed goes
+        # back to the system first.
+        release_garbage()
         gc.freeze()
         metrics.heartbeat()
         os.write(ready_fd, READY_BYTE)

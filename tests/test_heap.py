@@ -6,9 +6,11 @@ import asyncio
 import ctypes
 import os
 import platform
+import weakref
 
 import pytest
 
+from mtasts_fast import heap
 from mtasts_fast.heap import load_malloc_trim, rss_anon_kib, trim_forever
 
 
@@ -88,3 +90,24 @@ def test_malloc_trim_gives_freed_heap_memory_back() -> None:
     assert after_trim is not None
     assert after_free > before_free - 16 * 1024, "free() alone returned the memory"
     assert after_trim < after_free - 32 * 1024, (before_free, after_free, after_trim)
+
+
+def test_release_garbage_collects_cycles_and_trims(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        return 1
+
+    monkeypatch.setattr(heap, "load_malloc_trim", lambda: trim)
+
+    class Node:
+        other: object = None
+
+    first, second = Node(), Node()
+    first.other, second.other = second, first  # a cycle only the collector frees
+    gone = weakref.ref(first)
+    del first, second
+    heap.release_garbage()
+    assert gone() is None
+    assert calls == [0]
