@@ -283,6 +283,15 @@ async def test_system_servers_come_from_resolv_conf(tmp_path: Path) -> None:
     assert resolver.describe() == "192.0.2.53:53, [::1]:53"
 
 
+async def test_resolv_conf_is_read_as_the_c_library_reads_it(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(
+        "# comment\n; comment\nnameserver\nnameserver resolver.example\n"
+        "  nameserver   192.0.2.1   # trailing\nnameserver fe80::1%lo\noptions rotate\n"
+    )
+    assert system_servers(str(conf)) == (("192.0.2.1", 53), ("fe80::1%lo", 53))
+
+
 async def test_without_nameserver_lines_the_local_host_is_asked(tmp_path: Path) -> None:
     # As the C library's stub resolver does (resolv.conf(5)).
     conf = tmp_path / "resolv.conf"
