@@ -43,7 +43,7 @@ cdef enum:
 # Kept equal to the constants in netstring.py and fastpath.py (a test checks it).
 MAX_PAYLOAD = _MAX_PAYLOAD
 MAX_LENGTH_DIGITS = _MAX_DIGITS
-HIT_LIMIT = 65_536
+HIT_LIMIT = 16_384
 
 cdef object _wall_clock = _time.time
 

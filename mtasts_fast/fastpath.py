@@ -90,9 +90,12 @@ __all__ = [
     "StampSource",
 ]
 
-#: Hits kept per responder (one per distinct payload); when full, the oldest
-#: eighth goes (memo.make_room). The responder's key memo has the same bound.
-HIT_LIMIT = 65_536
+#: Hits kept per responder (one per distinct payload, about 180 bytes each);
+#: when full, the oldest eighth goes (memo.make_room). Past the LMDB memo's
+#: 10 000 domains the memo's own turnover empties the table anyway; the
+#: bound is for keys without a policy and overrides, so that a client
+#: sending endless distinct ones cannot grow a worker by more than ~3 MiB.
+HIT_LIMIT = 16_384
 
 
 class StampSource(Protocol):

@@ -262,7 +262,7 @@ def test_the_table_keeps_its_newest_hits_within_its_limit(twin_class: Any) -> No
     assert 56 <= len(fast) <= 64
     assert fast.reply_for(b"m 199") == REPLY
     assert fast.reply_for(b"m 0") is None
-    assert HIT_LIMIT >= 65_536  # as many as the responder's key memo
+    assert HIT_LIMIT > 10_000  # more than the LMDB memo holds domains
 
 
 # -- the worker's stack: served, counted, written ------------------------------------------------
