@@ -91,6 +91,8 @@ def _ms(v: float | None) -> str:
 
 def render_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     by = {(r["pairing"], r["daemon"]): r for r in rows}
+    named = meta.get("variants") or []
+    daemons = ["ours", *(v["name"] for v in named), "peer"]
     pairings = [p for p in meta["pairings"] if (p, "ours") in by or (p, "peer") in by]
     out = [f"# Cold path benchmark, {meta['date']} on {meta['host']}", ""]
     out += [
@@ -137,10 +139,11 @@ def render_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         *("domains answered ours · peer", "other replies ours · peer"),
     ]
     out += [*reporting.markdown_table(header, "l" + "r" * 9, table), ""]
+    out += _variant_table(named, pairings, by)
 
     requests = []
     for p in pairings:
-        for who in ("ours", "peer"):
+        for who in daemons:
             r = by.get((p, who))
             if not r:
                 continue
@@ -172,7 +175,7 @@ def render_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
     cost = []
     for p in pairings:
-        for who in ("ours", "peer"):
+        for who in daemons:
             r = by.get((p, who))
             if r:
                 cost.append(
@@ -223,7 +226,47 @@ def _test_side(r: dict[str, Any]) -> float:
 
 
 def _who(daemon: str) -> str:
-    return "mtasts-fast" if daemon == "ours" else "postfix-mta-sts-resolver"
+    if daemon == "peer":
+        return "postfix-mta-sts-resolver"
+    return "mtasts-fast" if daemon == "ours" else f"mtasts-fast ({daemon})"
+
+
+def _variant_table(
+    named: list[dict[str, Any]], pairings: list[str], by: dict[tuple[str, str], dict[str, Any]]
+) -> list[str]:
+    """Ours and each ``--variant``, with what each costs against ours."""
+    table = []
+    for p in pairings:
+        o = by.get((p, "ours"))
+        for v in named:
+            r = by.get((p, v["name"]))
+            if not o or not r:
+                continue
+            dcpu = r["cpu_ms_per_domain"] - o["cpu_ms_per_domain"]
+            table.append(
+                [
+                    *(NAMES[p].split(" vs ")[0], v["name"], f"{r['domains_per_s']:.0f}"),
+                    f"{r['cpu_ms_per_domain']:.2f}",
+                    f"{r['first_p50_ms']:.1f} / {r['first_p99_ms']:.1f}",
+                    f"{r['answered']}/{r['asked']}",
+                    f"{r['domains_per_s'] / o['domains_per_s']:.2f}×",
+                    f"{dcpu:+.2f} ms ({dcpu / o['cpu_ms_per_domain']:+.0%})",
+                ]
+            )
+    if not table:
+        return []
+    header = [
+        *("cache", "variant", "new domains/s", "CPU ms/domain", "first answer p50 / p99 ms"),
+        *("domains answered", "new domains/s vs ours", "CPU cost vs ours"),
+    ]
+    return [
+        "Variants of ours, in the same turns:",
+        "",
+        *(f"- `{v['name']}`: {v['describe']}" for v in named),
+        "",
+        *reporting.markdown_table(header, "ll" + "r" * 6, table),
+        "",
+    ]
 
 
 def _errors(r: dict[str, Any]) -> str:

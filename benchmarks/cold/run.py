@@ -9,7 +9,7 @@
    record, an insecure MX, the DNSSEC probe's secure SOA).
 2. For each cache pairing (``persistent``: our lmdb vs its sqlite;
    ``memory``: internal vs internal) and each repetition, starts a fresh
-   daemon of each (alternating which goes first) with an empty cache, pinned
+   daemon of each (taking turns at going first) with an empty cache, pinned
    to core 0, and asks it for N domains it has never seen (``client.py``, in
    this process on core 1): 100 connections, each domain asked ``--asks``
    times in a row so that several connections ask for it at once.
@@ -30,6 +30,10 @@ DANE does not apply). ``nameservers`` and ``ca_file`` point at the test
 servers. The peer gets the DNS stub through its launcher (``load/run.py
 _launch-peer``) and trusts the test CA through ``SSL_CERT_FILE``, as
 ``bursts/run.py`` does. Both keep their default zone timeout (4 s).
+
+``--variant`` adds more of ours to each turn, as in ``load/run.py``
+(``load/variants.py``): configuration overrides, or ours from another source
+tree (``before@COMMIT``: a change against the code before it, same run).
 """
 
 from __future__ import annotations
@@ -54,8 +58,10 @@ import client  # noqa: E402
 import daemons  # noqa: E402
 import reporting  # noqa: E402
 import runner  # noqa: E402
+import variants  # noqa: E402
 from report import render_markdown, summarise  # noqa: E402
 from runner import OUR_VENV, Server, log  # noqa: E402
+from variants import Variant  # noqa: E402
 
 SUFFIX = "cold.test"
 POLICY_ID = "cold1"
@@ -133,6 +139,9 @@ class Cold:
         self.runs: list[dict[str, Any]] = []
         self.hz = os.sysconf("SC_CLK_TCK")
         self.starts = 0  # numbers each daemon start: its cache files are its own
+        self.ours: dict[str, Variant] = {"ours": Variant("ours")}
+        for v in args.variant:
+            self.ours[v.name] = variants.prepare(v)
         started = time.monotonic()
         servers = str(COLD / "servers.py")
         https = ["--domains", str(args.domains), "--suffix", SUFFIX, "--ca-out", str(self.ca_file)]
@@ -156,11 +165,14 @@ class Cold:
         port = runner.free_port()
         return {"host": "127.0.0.1", "port": port}, f"127.0.0.1:{port}"
 
-    def start_ours(self, pairing: str, tag: str) -> Server:
-        listen, address = self._listen(f"ours-{tag}")
+    def start_ours(self, name: str, pairing: str, tag: str) -> Server:
+        """Start ours (``name == "ours"``) or the ``--variant`` of that name."""
+        variant = self.ours[name]
+        listen, address = self._listen(f"{name}-{tag}")
         cache: dict[str, Any] = {"type": "internal"}
         if pairing == "persistent":
-            cache = {"type": "lmdb", "options": {"path": str(self.work / f"ours-{tag}.lmdb") + "/"}}
+            path = str(self.work / f"{name}-{tag}.lmdb") + "/"
+            cache = {"type": "lmdb", "options": {"path": path}}
         config = {
             **listen,
             "workers": 1,
@@ -170,13 +182,15 @@ class Cold:
             "metrics": {"host": "127.0.0.1", "port": runner.free_port()},
             "cache": cache,
         }
-        cfg = self.work / f"ours-{tag}.yml"
-        runner.write_yaml(cfg, config)
-        argv = [str(OUR_VENV / "bin" / "mta-sts-daemon"), "-c", str(cfg)]
-        server = Server("mtasts-fast", argv, address, self.work / f"ours-{tag}.log")
+        cfg = self.work / f"{name}-{tag}.yml"
+        variant = self.ours[name] = variants.fit_config(variant, config, cfg)
+        argv = [str(variant.venv / "bin" / "mta-sts-daemon"), "-c", str(cfg)]
+        label = "mtasts-fast" if name == "ours" else f"mtasts-fast ({name})"
+        server = Server(label, argv, address, self.work / f"{name}-{tag}.log")
         try:
             server.wait_ready()
-            daemons.wait_dane_active(server, self.dns.ready["address"])
+            if daemons.dane_expected(json.loads(cfg.read_text())):
+                daemons.wait_dane_active(server, self.dns.ready["address"])
         except BaseException:
             server.stop()
             raise
@@ -208,7 +222,10 @@ class Cold:
         self.starts += 1
         # A new cache file for every start, a repeated run's too: never-seen domains.
         tag = f"{pairing}-{rep}-{self.starts}"
-        server = (self.start_ours if who == "ours" else self.start_peer)(pairing, tag)
+        if who == "peer":
+            server = self.start_peer(pairing, tag)
+        else:
+            server = self.start_ours(who, pairing, tag)
         try:
             self.dns.stats(), self.https.stats()  # what came before the run: not counted
             dns0, https0 = (
@@ -270,9 +287,11 @@ class Cold:
         a = self.args
         for pairing in a.pairings:
             log(f"== {pairing} caches ==")
+            turns = [*self.ours, "peer"]
             for rep in range(1, a.reps + 1):
-                order = ["ours", "peer"] if rep % 2 else ["peer", "ours"]
-                for who in order:
+                # Ours, its variants and the peer take turns, starting one later each time.
+                shift = (rep - 1) % len(turns)
+                for who in turns[shift:] + turns[:shift]:
                     # A run during which other processes used more than
                     # --max-other-load of a core is measured again (a fresh daemon).
                     report = runner.least_disturbed(
@@ -296,6 +315,13 @@ def _csv(choices: tuple[str, ...]) -> Any:
     return parse
 
 
+def _variant(text: str) -> Variant:
+    try:
+        return variants.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cold/run.py", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--domains", type=int, default=2000, help="new domains per run (default 2000)")
@@ -311,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="persistent (lmdb vs sqlite), memory (internal vs internal); default both",
     )
     p.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
+    p.add_argument(
+        "--variant",
+        type=_variant,
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,... | NAME@TREE[:KEY=VALUE,...]",
+        help="also measure ours with these config overrides and/or from another source tree, "
+        "as in load/run.py (load/variants.py); repeatable",
+    )
     p.add_argument(
         "--max-other-load",
         type=float,
@@ -339,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.domains <= 100_000 or args.conns < 1 or args.asks < 1 or args.reps < 1:
         print("cold/run.py: --domains 1..10^5, --conns, --asks, --reps >= 1", file=sys.stderr)
         return 2
+    if len({v.name for v in args.variant}) < len(args.variant):
+        print("cold/run.py: two --variant with the same name", file=sys.stderr)
+        return 2
     if not runner.preflight("cold/run.py"):
         return 2
     peer_python = runner.ensure_peer(args.python)
@@ -360,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg": runner.loadavg(),
         "transport": args.transport,
         "command": reporting.command_line("benchmarks/cold/run.py"),
+        "variants": [v.meta() for name, v in cold.ours.items() if name != "ours"],
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     rows = summarise(cold.runs)
