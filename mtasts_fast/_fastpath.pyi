@@ -4,7 +4,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Final
 
 from mtasts_fast.counters import Cells
-from mtasts_fast.fastpath import StampSource
+from mtasts_fast.fastpath import StampSource, _Expiring, _Timed
 
 __all__ = ["FastPathC"]
 
@@ -39,6 +39,17 @@ class FastPathC:
         checked_at: float = 0.0,
         dane_expires_at: float = ...,
         kind: str | None = None,
+    ) -> None: ...
+    def stamp(self) -> int | None: ...
+    def record(
+        self,
+        payload: bytes,
+        reply: bytes,
+        cell: int,
+        stamp: int | None,
+        entry: _Timed,
+        state: _Expiring | None,
+        kind: str | None,
     ) -> None: ...
     def reply_for(self, payload: bytes) -> bytes | None: ...
     def serve(self, data: bytes) -> bytes | None: ...

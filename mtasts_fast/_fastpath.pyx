@@ -44,8 +44,12 @@ cdef enum:
 MAX_PAYLOAD = _MAX_PAYLOAD
 MAX_LENGTH_DIGITS = _MAX_DIGITS
 HIT_LIMIT = 16_384
+BACKOFF_LIMIT = 15
+cdef int _BACKOFF_LIMIT = 15
+cdef int _BACKOFF_STEPS = 4  # 1, 3, 7, 15 skipped
 
 cdef object _wall_clock = _time.time
+cdef double _INFINITY = float("inf")
 
 
 cdef inline double _now_wall() noexcept:
@@ -68,6 +72,9 @@ cdef class _Hit:
     cdef double checked_at
     cdef double dane_expires_at
     cdef object kind
+    cdef Py_ssize_t served   # requests served since recorded
+    cdef int wasted          # recordings replaced unused, in a row
+    cdef int skip            # recordings still to skip
 
 
 @cython.final
@@ -153,6 +160,49 @@ cdef class FastPathC:
         if payload not in self._hits:
             make_room(self._hits, self._limit)
         self._hits[payload] = hit
+
+    def stamp(self):
+        cdef uint64_t value
+        if self._read_stamp(&value):
+            return value
+        return None
+
+    def record(self, bytes payload not None, bytes reply not None, Py_ssize_t cell, stamp,
+               entry, state, kind):
+        cdef uint64_t now_stamp
+        if stamp is None or not self._read_stamp(&now_stamp) or now_stamp != <uint64_t>stamp:
+            return
+        cdef double dane_expires_at = _INFINITY if state is None else state.expires_at
+        cdef double expires_at = entry.expires_at
+        cdef double checked_at = entry.checked_at
+        cdef PyObject *found = PyDict_GetItem(self._hits, payload)
+        cdef _Hit hit
+        cdef int wasted = 0
+        if found is not NULL:
+            # The same payload answered again after a commit: updated in place,
+            # unless its hits keep going unused (fastpath.py, "Recording under
+            # frequent commits").
+            hit = <_Hit>found
+            if hit.stamped and not hit.served:
+                if hit.skip:
+                    hit.skip -= 1
+                    return
+                wasted = min(hit.wasted + 1, _BACKOFF_STEPS)
+        else:
+            make_room(self._hits, self._limit)
+            hit = _Hit.__new__(_Hit)
+            self._hits[payload] = hit
+        hit.reply = reply
+        hit.cell = cell
+        hit.stamped = True
+        hit.stamp = now_stamp
+        hit.expires_at = expires_at
+        hit.checked_at = checked_at
+        hit.dane_expires_at = dane_expires_at
+        hit.kind = kind
+        hit.served = 0
+        hit.wasted = wasted
+        hit.skip = min((1 << wasted) - 1, _BACKOFF_LIMIT) if wasted else 0
 
     def reply_for(self, bytes payload not None):
         hit = self._hits.get(payload)
@@ -260,6 +310,7 @@ cdef class FastPathC:
             if not self._count_hit(hit):
                 pos = start
                 break
+            hit.served += 1
             if first is None:
                 first = hit.reply
             elif replies is None:

@@ -76,7 +76,6 @@ TEMP_CACHE = encode(b"TEMP MTA-STS policy cache unavailable")
 _KEY_MEMO_LIMIT = 65_536
 
 _MISSING = object()
-_NEVER = float("inf")
 # The hot path reads a DANE state's memoised reply with the literal key.
 assert RENDER_KEY == 0
 
@@ -198,6 +197,11 @@ class Responder:
         # The id of the cache's last commit (None: no stamps, nothing of the
         # cache is recorded); bound on first use, the cache may open later.
         self._stamp: Callable[[], int | None] = self._bind_stamps
+        # Records an answer from the cache if no commit came during its reads
+        # (fastpath.FastPathPy.record): the cache's memo then holds the entry
+        # and state under that id, and while it stays unchanged this hot path
+        # would find them again and answer alike, within the recorded times.
+        self._learn = self.fast.record
         #: Coalesced, rate-limited fetches with negative caching and backoff.
         self.refresher = PolicyRefresher(config, cache, fetcher, clock=clock, metrics=metrics)
         # Last background revalidation attempt per domain, so a lookup storm
@@ -315,45 +319,14 @@ class Responder:
                 return NOTFOUND_REPLY
         return self._answer_slow(domain, zone)
 
-    def _learn(
-        self,
-        payload: bytes,
-        reply: bytes,
-        cell: int,
-        stamp: int | None,
-        entry: CacheEntry,
-        state: DaneState | None,
-        kind: str | None,
-    ) -> None:
-        """Record ``reply`` for the fast path, if the reads just made were of one commit.
-
-        ``stamp`` was read before ``entry`` (and ``state``); if the id is
-        still the same, no commit came in between, so the cache's memo holds
-        both objects under this id, and while it stays unchanged this hot
-        path would find them again and give ``reply``, counted in ``cell``,
-        as long as the times recorded with it say so (fastpath.py).
-        """
-        if stamp is None or self._stamp() != stamp:
-            return
-        self.fast.put(
-            payload,
-            reply,
-            cell,
-            stamp,
-            entry.expires_at,
-            entry.checked_at,
-            _NEVER if state is None else state.expires_at,
-            kind,
-        )
-
     def _bind_stamps(self) -> int | None:
         """The commit id, binding ``_stamp`` to the cache's counter once it has one."""
         stamps = self._cache.commit_stamps
         if stamps is None:
             return None
         self.fast.set_stamps(stamps)
-        self._stamp = stamps.value
-        return stamps.value()
+        self._stamp = self.fast.stamp
+        return self._stamp()
 
     def _counted(self, zone: _Zone, path: str, reply: bytes) -> bytes:
         """Count a lookup answered by ``reply`` along ``path`` (off the hot path)."""

@@ -127,6 +127,12 @@ class _NeverServes:
     def put(self, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def record(self, *args: Any) -> None:
+        pass
+
+    def stamp(self) -> None:
+        return None
+
     def clear(self) -> None:
         pass
 

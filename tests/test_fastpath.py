@@ -265,6 +265,51 @@ def test_the_table_keeps_its_newest_hits_within_its_limit(twin_class: Any) -> No
     assert HIT_LIMIT > 10_000  # more than the LMDB memo holds domains
 
 
+class _Entry:
+    def __init__(self, expires_at: float, checked_at: float) -> None:
+        self.expires_at = expires_at
+        self.checked_at = checked_at
+
+
+def test_record_keeps_an_answer_only_if_no_commit_came_during_the_reads(twin: Twin) -> None:
+    stamps = Stamps(first=7, second=3)
+    twin.fast.set_stamps(stamps)
+    assert twin.fast.stamp() == 7
+    entry, state = _Entry(EPOCH + 50, EPOCH), _Entry(EPOCH + 40, 0.0)
+    stamps.words[1] = 8  # committed after the responder read the stamp (7)
+    twin.fast.record(b"m a", REPLY, 1, 7, entry, state, None)
+    assert twin.fast.reply_for(b"m a") is None
+    twin.fast.record(b"m a", REPLY, 1, 8, entry, state, "enforce_testing")
+    assert twin.fast.serve(b"3:m a,") == REPLY
+    assert twin.kinds == {"enforce_testing": 1}
+    twin.now = EPOCH + 40  # the DANE state's expiry, recorded from the state
+    assert twin.fast.serve(b"3:m a,") is None
+    twin.fast.record(b"m b", OTHER, 2, None, entry, None, None)  # no stamp: nothing
+    assert twin.fast.reply_for(b"m b") is None
+
+
+def test_recording_backs_off_while_hits_keep_going_unused(twin_class: Any) -> None:
+    # Commits faster than the payload is asked: each hit goes stale before it
+    # serves. After an unused recording, 1, 3, 7, then 15 answers (at most)
+    # go unrecorded. Whether answer n was recorded shows by serving right
+    # after it, in a fresh table that went through the same n answers.
+    def recorded(answers: int, served_at: int | None = None) -> bool:
+        one = Twin(twin_class)
+        stamps = Stamps(first=0, second=0)
+        one.fast.set_stamps(stamps)
+        for n in range(answers):
+            stamps.words[0] = n + 1  # a commit before each answer
+            one.fast.record(b"m a", REPLY, 1, n + 1, _Entry(EPOCH + 99, EPOCH), None, None)
+            if n == served_at:
+                assert one.fast.serve(b"3:m a,") == REPLY
+        return one.fast.serve(b"3:m a,") is not None
+
+    assert [n for n in range(64) if recorded(n + 1)] == [0, 1, 3, 7, 15, 31, 47, 63]
+    # A recording that serves ends the back-off: the next answer is recorded.
+    assert recorded(17, served_at=15)
+    assert not recorded(17)
+
+
 # -- the worker's stack: served, counted, written ------------------------------------------------
 
 
