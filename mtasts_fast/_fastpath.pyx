@@ -170,25 +170,27 @@ cdef class FastPathC:
     def record(self, bytes payload not None, bytes reply not None, Py_ssize_t cell, stamp,
                entry, state, kind):
         cdef uint64_t now_stamp
-        if stamp is None or not self._read_stamp(&now_stamp) or now_stamp != <uint64_t>stamp:
+        if stamp is None:
             return
-        cdef double dane_expires_at = _INFINITY if state is None else state.expires_at
-        cdef double expires_at = entry.expires_at
-        cdef double checked_at = entry.checked_at
         cdef PyObject *found = PyDict_GetItem(self._hits, payload)
-        cdef _Hit hit
+        cdef _Hit hit = None
         cdef int wasted = 0
         if found is not NULL:
             # The same payload answered again after a commit: updated in place,
             # unless its hits keep going unused (fastpath.py, "Recording under
-            # frequent commits").
+            # frequent commits"): then the stamp is not even read.
             hit = <_Hit>found
             if hit.stamped and not hit.served:
                 if hit.skip:
                     hit.skip -= 1
                     return
                 wasted = min(hit.wasted + 1, _BACKOFF_STEPS)
-        else:
+        if not self._read_stamp(&now_stamp) or now_stamp != <uint64_t>stamp:
+            return
+        cdef double dane_expires_at = _INFINITY if state is None else state.expires_at
+        cdef double expires_at = entry.expires_at
+        cdef double checked_at = entry.checked_at
+        if hit is None:
             make_room(self._hits, self._limit)
             hit = _Hit.__new__(_Hit)
             self._hits[payload] = hit

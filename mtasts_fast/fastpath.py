@@ -266,7 +266,7 @@ class FastPathPy:
     ) -> None:
         """:meth:`put` the responder's answer from ``entry`` (and DANE ``state``) read under
         ``stamp``, if the stamp is still the same now (no commit came during the reads)."""
-        if stamp is None or self.stamp() != stamp:
+        if stamp is None:
             return
         hit = self._hits.get(payload)
         wasted = 0
@@ -275,6 +275,8 @@ class FastPathPy:
                 hit.skip -= 1
                 return
             wasted = min(hit.wasted + 1, _BACKOFF_STEPS)
+        if self.stamp() != stamp:
+            return
         dane_expires_at = float("inf") if state is None else state.expires_at
         self.put(
             payload, reply, cell, stamp, entry.expires_at, entry.checked_at, dane_expires_at, kind
