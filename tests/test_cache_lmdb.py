@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,11 @@ from mtasts_fast.cache.lmdb import dane as dane_module
 from mtasts_fast.dane.state import DaneHost, DaneState
 from mtasts_fast.policy import Policy
 from tests.cache_contract import (
+    DANE_STATES,
+    FAILURE_RECORDS,
     CachePeer,
     PersistentCacheContract,
+    RecordKind,
     collect,
     make_dane,
     make_entry,
@@ -89,22 +92,55 @@ def check_consistency(path: str) -> int:
     return len(entries)
 
 
-def check_failures(path: str) -> list[str]:
-    """Every failure record decodes and is indexed by its retry_at; return the domains."""
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """Where the LMDB backend keeps a kind of record beside the policy entries."""
+
+    kind: RecordKind
+    records: bytes
+    index: bytes
+    decode: Callable[[str, bytes], FetchFailure | DaneState | None]
+    logged: str
+    """What the log line of a full map's eviction calls them."""
+    pruner: Callable[[LmdbCache], tuple[object, str]]
+    """Where the function that prunes one batch of them is looked up."""
+
+
+FAILURES = Stored(
+    FAILURE_RECORDS,
+    b"failures",
+    b"failures_by_retry",
+    decode_failure,
+    "failure records",
+    lambda cache: (cache, "_prune_failures_txn"),
+)
+DANE = Stored(
+    DANE_STATES,
+    b"dane",
+    b"dane_by_expiry",
+    decode_dane,
+    "DANE states",
+    lambda cache: (dane_module, "prune_dane"),
+)
+STORED = [pytest.param(FAILURES, id="failure-record"), pytest.param(DANE, id="dane-state")]
+
+
+def check_records(path: str, stored: Stored) -> list[str]:
+    """Every record decodes and is indexed by its time; return the domains."""
     env = raw_env(path)
     try:
         with env.begin() as txn:
-            records = dict(txn.cursor(env.open_db(b"failures", txn, create=False)))
-            index = [k for k, _ in txn.cursor(env.open_db(b"failures_by_retry", txn, create=False))]
+            records = dict(txn.cursor(env.open_db(stored.records, txn, create=False)))
+            index = [k for k, _ in txn.cursor(env.open_db(stored.index, txn, create=False))]
     finally:
         env.close()
-    failures = {k: decode_failure(k.decode(), v) for k, v in records.items()}
+    decoded = {k: stored.decode(k.decode(), v) for k, v in records.items()}
     expected = []
-    for key, failure in failures.items():
-        assert failure is not None, f"the failure record of {key!r} does not decode"
-        expected.append(_time_key(failure.retry_at) + key)
+    for key, record in decoded.items():
+        assert record is not None, f"the record of {key!r} in {stored.records!r} does not decode"
+        expected.append(_time_key(stored.kind.indexed_at(record)) + key)
     assert sorted(index) == sorted(expected)
-    return sorted(k.decode() for k in failures)
+    return sorted(k.decode() for k in decoded)
 
 
 def run_script(script: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
@@ -990,101 +1026,113 @@ async def test_file_of_the_previous_release_opens(tmp_path: Path) -> None:
         await cache.close()
     # A process of the previous release (max_dbs=4, raw_env) still reads it.
     assert check_consistency(path) == 1
-    assert check_failures(path) == ["example.net"]
+    assert check_records(path, FAILURES) == ["example.net"]
 
 
-async def test_failure_records_are_bounded_oldest_retry_first(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stored", STORED)
+async def test_records_are_bounded_earliest_first(tmp_path: Path, stored: Stored) -> None:
+    # Failure records go oldest retry time first, DANE states soonest expiry first.
     path = str(tmp_path / "cache.lmdb")
     now = time.time()
+    kind = stored.kind
     cache = await open_cache(path, max_entries=5)  # a batch of one
     try:
         for i in range(5):
             await cache.put(make_entry(f"e{i}.example"))
-            await cache.put_failure(make_failure(f"f{i}.example", retry_at=now + 100 + i))
-        # Rewritten with a later retry time: f0 is no longer the oldest.
-        await cache.put_failure(make_failure("f0.example", retry_at=now + 1000))
-        await cache.put_failure(make_failure("new.example", retry_at=now + 50))
-        assert await cache.get_failure("f1.example") is None
-        # Failure records and policies are bounded separately.
+            await kind.put(cache, kind.make_at(f"r{i}.example", now + 100 + i))
+        # Rewritten with a later time: r0 is no longer the first to go.
+        await kind.put(cache, kind.make_at("r0.example", now + 1000))
+        await kind.put(cache, kind.make_at("new.example", now + 50))
+        assert await kind.get(cache, "r1.example") is None
+        # These records and policies are bounded separately.
         assert len([e for b in await collect(cache, 10) for e in b]) == 5
     finally:
         await cache.close()
-    assert check_failures(path) == [
-        "f0.example",
-        "f2.example",
-        "f3.example",
-        "f4.example",
+    assert check_records(path, stored) == [
         "new.example",
+        "r0.example",
+        "r2.example",
+        "r3.example",
+        "r4.example",
     ]
     assert check_consistency(path) == 5
 
 
-async def test_failures_are_pruned_in_several_transactions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("stored", STORED)
+async def test_records_are_pruned_in_several_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stored: Stored
 ) -> None:
     path = str(tmp_path / "cache.lmdb")
     now = time.time()
+    kind = stored.kind
     monkeypatch.setattr("mtasts_fast.cache.lmdb.store.WRITE_BATCH", 3)
     cache = await open_cache(path)
     transactions = 0
-    prune_failures = cache._prune_failures_txn
+    owner, name = stored.pruner(cache)
+    prune_batch = getattr(owner, name)
 
-    def counting(txn: Any, limit: bytes) -> bool:
+    def counting(*args: Any) -> Any:
         nonlocal transactions
         transactions += 1
-        return prune_failures(txn, limit)
+        return prune_batch(*args)
 
-    monkeypatch.setattr(cache, "_prune_failures_txn", counting)
+    monkeypatch.setattr(owner, name, counting)
     try:
         for i in range(10):
-            await cache.put_failure(make_failure(f"stale{i}.example", retry_at=1000.0 + i))
-        await cache.put_failure(make_failure("kept.example", retry_at=now))
-        # A record rewritten with a later retry time is judged by the new one.
-        await cache.put_failure(make_failure("moved.example", retry_at=1000.0))
-        await cache.put_failure(make_failure("moved.example", retry_at=now + 60))
+            await kind.put(cache, kind.make_at(f"stale{i}.example", 1000.0 + i))
+        await kind.put(cache, kind.make_at("kept.example", now + 60))
+        # A record rewritten with a later time is judged by the new one.
+        await kind.put(cache, kind.make_at("moved.example", 1000.0))
+        await kind.put(cache, kind.make_at("moved.example", now + 60))
         assert await cache.prune(now) == 0  # no policy entries
         assert transactions >= 4
     finally:
         await cache.close()
-    assert check_failures(path) == ["kept.example", "moved.example"]
+    assert check_records(path, stored) == ["kept.example", "moved.example"]
 
 
-async def test_purge_empties_the_failure_index_and_keeps_leases(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stored", STORED)
+async def test_purge_empties_the_record_index_and_keeps_leases(
+    tmp_path: Path, stored: Stored
+) -> None:
     path = str(tmp_path / "cache.lmdb")
     cache = await open_cache(path)
     try:
         for i in range(20):
-            await cache.put_failure(make_failure(f"f{i}.example"))
+            await stored.kind.put(cache, stored.kind.make(f"r{i}.example"))
         await cache.put(make_entry("a.example"))
         assert await cache.acquire_lease("refresh", "worker-1", 60)
         assert await cache.purge() == 1
         assert not await cache.acquire_lease("refresh", "worker-2", 60)
     finally:
         await cache.close()
-    assert check_failures(path) == []
+    assert check_records(path, stored) == []
     assert check_consistency(path) == 0
 
 
-async def test_full_map_evicts_failure_records_first(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("stored", STORED)
+async def test_full_map_evicts_records_before_growing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, stored: Stored
 ) -> None:
     caplog.set_level(logging.INFO, logger="mtasts_fast.cache.lmdb")
     path = str(tmp_path / "cache.lmdb")
     now = time.time()
-    names = [f"f{i}.example" for i in range(5)]  # oldest retry time first
+    kind = stored.kind
+    names = [f"r{i}.example" for i in range(5)]  # the earliest time first
     cache = await open_cache(path, map_size=MiB)
     try:
         for i, name in enumerate(names):
-            await cache.put_failure(make_failure(name, retry_at=now + i))
+            await kind.put(cache, kind.make_at(name, now + 100 + i))
         # Larger than the map: evicting is tried before growing.
         await cache.put(big_entry("large.example", 3 * MiB // 2))
         assert await cache.get("large.example") is not None
-        assert "failure records" in caplog.text
-        assert await cache.get_failure(names[0]) is None
+        assert f" 1 {stored.logged}" in caplog.text  # a batch of one of five
+        assert await kind.get(cache, names[0]) is None
     finally:
         await cache.close()
-    left = check_failures(path)
-    assert left == names[len(names) - len(left) :]  # the most recent retry times stay
+    left = check_records(path, stored)
+    assert left == names[len(names) - len(left) :]  # the latest times stay
+    check_consistency(path)
 
 
 async def test_lease_taken_by_one_process_at_a_time(tmp_path: Path) -> None:
@@ -1122,24 +1170,6 @@ async def test_lease_taken_by_one_process_at_a_time(tmp_path: Path) -> None:
 
 
 # -- DANE states ----------------------------------------------------------------
-
-
-def check_dane(path: str) -> list[str]:
-    """Every DANE state decodes and is indexed by its expires_at; return the domains."""
-    env = raw_env(path)
-    try:
-        with env.begin() as txn:
-            records = dict(txn.cursor(env.open_db(b"dane", txn, create=False)))
-            index = [k for k, _ in txn.cursor(env.open_db(b"dane_by_expiry", txn, create=False))]
-    finally:
-        env.close()
-    states = {k: decode_dane(k.decode(), v) for k, v in records.items()}
-    expected = []
-    for key, state in states.items():
-        assert state is not None, f"the DANE state of {key!r} does not decode"
-        expected.append(_time_key(state.expires_at) + key)
-    assert sorted(index) == sorted(expected)
-    return sorted(k.decode() for k in states)
 
 
 async def test_a_memoised_dane_hit_is_the_same_object_and_opens_no_transaction(
@@ -1252,7 +1282,7 @@ async def test_file_of_the_previous_release_gains_the_dane_databases(tmp_path: P
         assert got_state.same_as(state)
     finally:
         await cache.close()
-    assert check_dane(path) == ["old.example"]
+    assert check_records(path, DANE) == ["old.example"]
     # A process of the previous release (six databases at most) still opens
     # the file and reads its own data.
     env = lmdb.Environment(path, subdir=False, max_dbs=len(_PREVIOUS_RELEASE_DBS), create=False)
@@ -1288,7 +1318,7 @@ async def test_undecodable_dane_state_reads_as_missing_and_is_replaced(tmp_path:
         assert await cache.get_dane("good.example") is not None
     finally:
         await cache.close()
-    assert check_dane(path) == ["bad.example", "good.example"]
+    assert check_records(path, DANE) == ["bad.example", "good.example"]
 
 
 @pytest.mark.parametrize(
@@ -1304,98 +1334,3 @@ async def test_unstorable_dane_keys(tmp_path: Path, domain: str) -> None:
         assert await cache.delete_dane(domain) is False
     finally:
         await cache.close()
-
-
-async def test_dane_states_are_bounded_soonest_expiry_first(tmp_path: Path) -> None:
-    path = str(tmp_path / "cache.lmdb")
-    now = time.time()
-    cache = await open_cache(path, max_entries=5)  # a batch of one
-    try:
-        for i in range(5):
-            await cache.put(make_entry(f"e{i}.example"))
-            await cache.put_dane(make_dane(f"d{i}.example", evaluated_at=now, ttl=100 + i))
-        # Re-evaluated, now expiring later: d0 is no longer the first to expire.
-        await cache.put_dane(make_dane("d0.example", evaluated_at=now + 1, ttl=1000))
-        await cache.put_dane(make_dane("new.example", evaluated_at=now, ttl=50))
-        assert await cache.get_dane("d1.example") is None
-        # States and policies are bounded separately.
-        assert len([e for b in await collect(cache, 10) for e in b]) == 5
-    finally:
-        await cache.close()
-    assert check_dane(path) == [
-        "d0.example",
-        "d2.example",
-        "d3.example",
-        "d4.example",
-        "new.example",
-    ]
-    assert check_consistency(path) == 5
-
-
-async def test_dane_states_are_pruned_in_several_transactions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = str(tmp_path / "cache.lmdb")
-    now = time.time()
-    monkeypatch.setattr("mtasts_fast.cache.lmdb.store.WRITE_BATCH", 3)
-    transactions = 0
-    prune_dane = dane_module.prune_dane
-
-    def counting(*args: Any) -> tuple[int, bool]:
-        nonlocal transactions
-        transactions += 1
-        return prune_dane(*args)
-
-    monkeypatch.setattr(dane_module, "prune_dane", counting)
-    cache = await open_cache(path)
-    try:
-        for i in range(10):
-            await cache.put_dane(make_dane(f"old{i}.example", evaluated_at=1000.0 + i, ttl=60))
-        await cache.put_dane(make_dane("kept.example", evaluated_at=now))
-        # A state re-evaluated since is judged by its new expiry.
-        await cache.put_dane(make_dane("moved.example", evaluated_at=1000.0, ttl=60))
-        await cache.put_dane(make_dane("moved.example", evaluated_at=now))
-        assert await cache.prune(now) == 0  # no policy entries
-        assert transactions >= 4
-    finally:
-        await cache.close()
-    assert check_dane(path) == ["kept.example", "moved.example"]
-
-
-async def test_purge_empties_the_dane_index_and_keeps_leases(tmp_path: Path) -> None:
-    path = str(tmp_path / "cache.lmdb")
-    cache = await open_cache(path)
-    try:
-        for i in range(20):
-            await cache.put_dane(make_dane(f"d{i}.example"))
-        await cache.put(make_entry("a.example"))
-        assert await cache.acquire_lease("refresh", "worker-1", 60)
-        assert await cache.purge() == 1
-        assert not await cache.acquire_lease("refresh", "worker-2", 60)
-    finally:
-        await cache.close()
-    assert check_dane(path) == []
-    assert check_consistency(path) == 0
-
-
-async def test_full_map_evicts_dane_states_too(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mtasts_fast.cache.lmdb")
-    path = str(tmp_path / "cache.lmdb")
-    now = time.time()
-    names = [f"d{i}.example" for i in range(5)]  # first to expire first
-    cache = await open_cache(path, map_size=MiB)
-    try:
-        for i, name in enumerate(names):
-            await cache.put_dane(make_dane(name, evaluated_at=now, ttl=100 + i))
-        # Larger than the map: evicting is tried before growing.
-        await cache.put(big_entry("large.example", 3 * MiB // 2))
-        assert await cache.get("large.example") is not None
-        assert "1 DANE states" in caplog.text
-        assert await cache.get_dane(names[0]) is None
-    finally:
-        await cache.close()
-    left = check_dane(path)
-    assert left == names[len(names) - len(left) :]  # the latest expiries stay
-    check_consistency(path)
