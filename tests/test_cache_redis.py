@@ -8,6 +8,7 @@ between relays, outages and recovery without a restart, the config examples.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
@@ -195,13 +196,22 @@ class TestRedisSentinelCache(RedisContract):
 # Layout: our namespace, TTLs, foreign data
 
 
+@contextlib.asynccontextmanager
+async def _emptied(server: RedisServer, **options: Any) -> AsyncIterator[RedisCache]:
+    """A cache, with these client options, on ``server`` emptied first."""
+    server.command("FLUSHALL")
+    cache = RedisCache(_redis_options(server, **options))
+    await cache.setup()
+    try:
+        yield cache
+    finally:
+        await cache.close()
+
+
 @pytest.fixture
 async def cache(redis_server: RedisServer) -> AsyncIterator[RedisCache]:
-    redis_server.command("FLUSHALL")
-    cache = RedisCache(_redis_options(redis_server))
-    await cache.setup()
-    yield cache
-    await cache.close()
+    async with _emptied(redis_server) as cache:
+        yield cache
 
 
 def _seed_old_daemon_keys(server: RedisServer, db: int = 3) -> None:
@@ -510,22 +520,14 @@ async def test_scan_rejects_empty_batches(cache: RedisCache) -> None:
 
 
 async def test_binary_safe_even_if_asked_to_decode(redis_server: RedisServer) -> None:
-    redis_server.command("FLUSHALL")
-    cache = RedisCache(_redis_options(redis_server, decode_responses=True, encoding="latin-1"))
-    await cache.setup()
-    try:
+    async with _emptied(redis_server, decode_responses=True, encoding="latin-1") as cache:
         entry = make_entry("example.com")
         await cache.put(entry)
         assert_same(await cache.get("example.com"), entry)
-    finally:
-        await cache.close()
 
 
 async def test_resp3_protocol(redis_server: RedisServer) -> None:
-    redis_server.command("FLUSHALL")
-    cache = RedisCache(_redis_options(redis_server, protocol=3))
-    await cache.setup()
-    try:
+    async with _emptied(redis_server, protocol=3) as cache:
         entries = [make_entry(f"d{i}.example") for i in range(5)]
         for entry in entries:
             await cache.put(entry)
@@ -536,25 +538,18 @@ async def test_resp3_protocol(redis_server: RedisServer) -> None:
         assert got is not None
         assert got.same_as(entries[0])
         assert await cache.prune(time.time() + 10**9) == 5
-    finally:
-        await cache.close()
 
 
 async def test_bursts_wait_for_a_free_connection(redis_server: RedisServer) -> None:
     # redis-py refuses a command outright when its pool is exhausted; a
     # burst of lookups must queue for a connection instead.
-    redis_server.command("FLUSHALL")
-    cache = RedisCache(_redis_options(redis_server, max_connections=2))
-    await cache.setup()
-    try:
+    async with _emptied(redis_server, max_connections=2) as cache:
         async with asyncio.TaskGroup() as group:
             for i in range(50):
                 group.create_task(cache.put(make_entry(f"d{i}.example")))
         async with asyncio.TaskGroup() as group:
             reads = [group.create_task(cache.get(f"d{i}.example")) for i in range(50)]
         assert all(read.result() is not None for read in reads)
-    finally:
-        await cache.close()
 
 
 async def test_unix_socket_url(tmp_path: Path) -> None:
@@ -578,12 +573,7 @@ async def test_unix_socket_url(tmp_path: Path) -> None:
 
 
 async def test_newer_checked_at_wins_whoever_writes_last(redis_server: RedisServer) -> None:
-    redis_server.command("FLUSHALL")
-    first = RedisCache(_redis_options(redis_server))
-    second = RedisCache(_redis_options(redis_server))
-    await first.setup()
-    await second.setup()
-    try:
+    async with _emptied(redis_server) as first, _emptied(redis_server) as second:
         await first.put(make_entry("example.com", pid="first", fetched_at=2000.0))
         await second.put(make_entry("example.com", pid="stale", fetched_at=1000.0))
         got = await second.get("example.com")
@@ -598,17 +588,14 @@ async def test_newer_checked_at_wins_whoever_writes_last(redis_server: RedisServ
         got = await second.get("example.com")
         assert got is not None
         assert got.policy_id == "tie"
-    finally:
-        await first.close()
-        await second.close()
 
 
 async def test_concurrent_writers_keep_the_newest(redis_server: RedisServer) -> None:
-    redis_server.command("FLUSHALL")
-    caches = [RedisCache(_redis_options(redis_server, max_connections=20)) for _ in range(3)]
-    for cache in caches:
-        await cache.setup()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        caches = [
+            await stack.enter_async_context(_emptied(redis_server, max_connections=20))
+            for _ in range(3)
+        ]
         stamps = [1000.0 + (i * 7919) % 400 for i in range(400)]  # shuffled, 0..399
         async with asyncio.TaskGroup() as group:
             for i, ts in enumerate(stamps):
@@ -618,9 +605,6 @@ async def test_concurrent_writers_keep_the_newest(redis_server: RedisServer) -> 
         assert got is not None
         assert got.checked_at == max(stamps)
         assert got.policy_id == f"p{max(stamps)}"
-    finally:
-        for cache in caches:
-            await cache.close()
 
 
 # --------------------------------------------------------------------------
