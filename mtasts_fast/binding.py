@@ -23,6 +23,7 @@ from mtasts_fast.config import Config
 __all__ = [
     "ListenError",
     "UnixSocketFile",
+    "bind_addresses",
     "bind_tcp",
     "bind_unix",
     "format_address",
@@ -53,6 +54,13 @@ def bind_tcp(config: Config, infos: Sequence[Any]) -> list[socket.socket]:
     answers them. Once listening, a socket keeps listening for as long as any
     process holds it, even while the worker serving it is replaced.
     """
+    # Several workers or a second instance share the port with SO_REUSEPORT;
+    # the kernel spreads connections between them.
+    return bind_addresses(infos, reuse_port=config.reuse_port)
+
+
+def bind_addresses(infos: Sequence[Any], *, reuse_port: bool) -> list[socket.socket]:
+    """Bind one non-blocking TCP socket per distinct address; ListenError naming the address."""
     sockets: list[socket.socket] = []
     seen: set[Any] = set()
     try:
@@ -63,9 +71,7 @@ def bind_tcp(config: Config, infos: Sequence[Any]) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if config.reuse_port:
-                # Several workers or a second instance share the port; the
-                # kernel spreads connections between them.
+            if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

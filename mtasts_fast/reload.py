@@ -90,12 +90,7 @@ def next_generation(
         # Re-read at every reload, changed or not: its content is what counts.
         overrides = overrides_for(config)
     except ConfigError as exc:
-        _log.error(
-            "%s; keeping the running configuration",
-            exc,
-            extra={"event": "reload-rejected", "reason": str(exc)},
-        )
-        return NextGeneration(None, "invalid")
+        return _rejected(exc)
     changed = [key for key in LISTENER_KEYS if getattr(config, key) != getattr(current, key)]
     if changed:
         # Under socket activation a restart changes nothing either: the socket
@@ -119,20 +114,9 @@ def next_generation(
         fetcher = make_fetcher(config)
         check_config(config)
         cache = internal.cache_config(config.cache)
-    except ConfigError as exc:
-        _log.error(
-            "%s; keeping the running configuration",
-            exc,
-            extra={"event": "reload-rejected", "reason": str(exc)},
-        )
-        return NextGeneration(None, "invalid")
-    except OSError as exc:
-        _log.error(
-            "%s; keeping the running configuration",
-            exc,
-            extra={"event": "reload-rejected", "reason": str(exc)},
-        )
-        return NextGeneration(None, "invalid")
+    except (ConfigError, OSError) as exc:
+        # OSError: the internal cache's directory could not be prepared.
+        return _rejected(exc)
     if config.workers != current.workers:
         _log.info("workers: %d -> %d", current.workers, config.workers)
         sockets = len(listeners.groups)
@@ -146,3 +130,12 @@ def next_generation(
     return NextGeneration(
         Generation(running.number + 1, config, fetcher, stamp, cache, overrides), "new"
     )
+
+
+def _rejected(exc: Exception) -> NextGeneration:
+    _log.error(
+        "%s; keeping the running configuration",
+        exc,
+        extra={"event": "reload-rejected", "reason": str(exc)},
+    )
+    return NextGeneration(None, "invalid")

@@ -12,14 +12,16 @@ where one process cannot open the storage twice (LMDB).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import pytest
 
 from mtasts_fast.cache.base import FAILURE_RETENTION, NO_POLICY, Cache, CacheEntry, FetchFailure
 from mtasts_fast.dane.state import DANE, DANE_ONLY, NO_DANE, TEMP, DaneHost, DaneState
-from mtasts_fast.policy import Policy
+from mtasts_fast.policy import MAX_AGE_LIMIT, Policy
 
 
 def make_entry(
@@ -92,6 +94,68 @@ EVERY_HOST_STATUS = (
     DaneHost("mx3.example.com", "insecure", "AAAA answer without AD: caf\u00e9 \u2603"),
     DaneHost("mx2.example.com", "missing", "NXDOMAIN"),
 )
+
+
+def assert_same(got: object, want: CacheEntry | FetchFailure | DaneState) -> None:
+    """``got`` holds every field of ``want`` (a memo of rendered replies is not data)."""
+    if isinstance(want, FetchFailure):
+        assert got == want
+        return
+    assert isinstance(got, type(want)), got
+    assert got.same_as(want)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordKind:
+    """One kind of what a cache keeps: policy entries, failure records or DANE
+    states, each kind apart from the others and indexed by one time (an
+    entry's or a state's ``expires_at``, a failure record's ``retry_at``).
+    A backend's tests of what holds alike for every kind are parametrised over
+    these (``RECORD_KINDS``: the two kept beside the policy entries)."""
+
+    make: Callable[[str], Any]
+    """A record of the domain, its times near now."""
+    make_at: Callable[[str, float], Any]
+    """A record of the domain whose indexed time is the one given; of two, the
+    one with the later time is also the later written (entries are ordered by
+    ``checked_at``, DANE states by ``evaluated_at``)."""
+    indexed_at: Callable[[Any], float]
+    put: Callable[[Cache, Any], Awaitable[None]]
+    get: Callable[[Cache, str], Awaitable[Any]]
+    delete: Callable[[Cache, str], Awaitable[bool]]
+
+
+POLICY_ENTRIES = RecordKind(
+    make=make_entry,
+    # The longest max_age (RFC 8461 §3.2): fetched in the past for any time near now.
+    make_at=lambda domain, at: make_entry(
+        domain, max_age=MAX_AGE_LIMIT, fetched_at=at - MAX_AGE_LIMIT
+    ),
+    indexed_at=lambda entry: entry.expires_at,
+    put=lambda cache, entry: cache.put(entry),
+    get=lambda cache, domain: cache.get(domain),
+    delete=lambda cache, domain: cache.delete(domain),
+)
+FAILURE_RECORDS = RecordKind(
+    make=make_failure,
+    make_at=lambda domain, at: make_failure(domain, retry_at=at),
+    indexed_at=lambda failure: failure.retry_at,
+    put=lambda cache, failure: cache.put_failure(failure),
+    get=lambda cache, domain: cache.get_failure(domain),
+    delete=lambda cache, domain: cache.delete_failure(domain),
+)
+DANE_STATES = RecordKind(
+    make=make_dane,
+    make_at=lambda domain, at: make_dane(domain, evaluated_at=at - 60.0, expires_at=at),
+    indexed_at=lambda state: state.expires_at,
+    put=lambda cache, state: cache.put_dane(state),
+    get=lambda cache, domain: cache.get_dane(domain),
+    delete=lambda cache, domain: cache.delete_dane(domain),
+)
+RECORD_KINDS = [
+    pytest.param(FAILURE_RECORDS, id="failure-record"),
+    pytest.param(DANE_STATES, id="dane-state"),
+]
 
 
 class CachePeer(Protocol):

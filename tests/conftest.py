@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from mtasts_fast.fetcher import PolicyFetcher
 from tests.servers.world import World, WorldUnavailable
 
 pytest_plugins = ["tests.loops", "tests.dane_world"]
@@ -31,6 +32,17 @@ def world() -> Iterator[World]:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture
+async def fetcher(world: World) -> AsyncIterator[PolicyFetcher]:
+    """A started PolicyFetcher that resolves and fetches in the test world."""
+    instance = PolicyFetcher(nameservers=[world.nameserver], ca_file=world.ca_file)
+    await instance.start()
+    try:
+        yield instance
+    finally:
+        await instance.close()
 
 
 @pytest.fixture

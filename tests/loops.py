@@ -4,6 +4,7 @@ async test whose event loop reported an unhandled exception."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -34,6 +35,14 @@ async def loop_guard() -> AsyncIterator[list[dict[str, Any]]]:
     loop.set_exception_handler(None)
     if seen:
         pytest.fail(f"the event loop logged unhandled exceptions: {seen!r}")
+
+
+@pytest.fixture
+async def collect_garbage(loop_guard: list[dict[str, Any]]) -> AsyncIterator[None]:
+    """Collect garbage while the loop still runs, so that loop_guard also sees
+    futures whose exception nobody retrieved (reported when they are freed)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

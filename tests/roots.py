@@ -292,9 +292,22 @@ def run_in_root(
     """
     if _is_cached_root(root):
         raise ValueError(f"{root} is the cached root: run commands in an overlay_root() of it")
+    return _run_through(["chroot", str(root)], argv, timeout=timeout, input=input, env=env)
+
+
+def _run_through(
+    prefix: Sequence[str],
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    input: str | None,
+    env: Mapping[str, str] | None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` through ``prefix`` (``chroot``, ``nsenter``) with a clean
+    environment (``ROOT_ENV`` + ``env``); its output as text, stdin only ``input``."""
     environment = [f"{key}={value}" for key, value in {**ROOT_ENV, **(env or {})}.items()]
     return subprocess.run(
-        ["chroot", str(root), "/usr/bin/env", "-i", *environment, *argv],
+        [*prefix, "/usr/bin/env", "-i", *environment, *argv],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -347,19 +360,8 @@ class Container:
             # --pipe hands our stdin/stdout/stderr to the unit; --wait makes
             # systemd-run exit with the unit's status.
             command = ["systemd-run", "--quiet", "--wait", "--pipe", "--collect", "--", *command]
-        environment = [f"{key}={value}" for key, value in {**ROOT_ENV, **(env or {})}.items()]
-        return subprocess.run(
-            [
-                *("nsenter", f"--target={self.leader}", "--all", "--root", "--wd"),
-                *("/usr/bin/env", "-i", *environment, *command),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            check=False,
-        )
+        nsenter = ("nsenter", f"--target={self.leader}", "--all", "--root", "--wd")
+        return _run_through(nsenter, command, timeout=timeout, input=input, env=env)
 
     def console(self) -> str:
         """What the container wrote on its console so far (systemd's boot and shutdown lines)."""

@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtasts_fast.cache.base import Cache, CacheEntry
+from mtasts_fast.cache.base import Cache, CacheEntry, CacheUnavailable, FetchFailure
+from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.cache.lmdb import LmdbCache
 from mtasts_fast.config import Config
 from mtasts_fast.dane.probe import DnssecProbe
 from mtasts_fast.dane.resolver import DaneResolver
+from mtasts_fast.dane.state import DaneState
 from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.overrides import overrides_for
 from mtasts_fast.policy import Policy
@@ -119,6 +121,35 @@ class Running:
             shutil.rmtree(self.cache_dir, ignore_errors=True)
         else:
             await self.cache.close()
+
+
+class DownCache(InternalCache):
+    """A shared backend that is down, as a stopped Redis would be: every read
+    and write of entries, failure records and DANE states fails."""
+
+    def get_nowait(self, domain: str) -> CacheEntry | None:
+        raise CacheUnavailable("connection refused")
+
+    async def get(self, domain: str) -> CacheEntry | None:
+        raise CacheUnavailable("connection refused")
+
+    async def put(self, entry: CacheEntry) -> None:
+        raise CacheUnavailable("connection refused")
+
+    async def get_failure(self, domain: str) -> FetchFailure | None:
+        raise CacheUnavailable("connection refused")
+
+    async def put_failure(self, failure: FetchFailure) -> None:
+        raise CacheUnavailable("connection refused")
+
+    def get_dane_nowait(self, domain: str) -> DaneState | None:
+        raise CacheUnavailable("connection refused")
+
+    async def get_dane(self, domain: str) -> DaneState | None:
+        raise CacheUnavailable("connection refused")
+
+    async def put_dane(self, state: DaneState) -> None:
+        raise CacheUnavailable("connection refused")
 
 
 async def start_daemon(

@@ -25,12 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from mtasts_fast.activation import ActivationError, listen_fds
 from tests.servers.world import World
 from tests.socketmap import free_port
-from tests.test_workers import GOOD, READY_LINE, ClientLoop, Daemon, ask, connect, frame, read_reply
+from tests.test_workers import (
+    GOOD,
+    ClientLoop,
+    Daemon,
+    Started,
+    ask,
+    connect,
+    daemon_config,
+    frame,
+    read_reply,
+)
 
 # systemd's part: descriptors to 3.., LISTEN_* set, exec (the pid stays the same).
 LAUNCHER = r"""
@@ -161,7 +170,7 @@ def _socket_inodes(pid: int) -> set[int]:
 @pytest.fixture
 def activate(world: World, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """``activate(sockets, names, **settings)``: the daemon with ``sockets`` passed."""
-    started: list[Daemon] = []
+    started = Started()
 
     def _start(
         sockets: Sequence[socket.socket],
@@ -171,18 +180,7 @@ def activate(world: World, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         wait: bool = True,
         **settings: Any,
     ) -> Daemon:
-        data: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": free_port(),
-            "nameservers": [world.nameserver],
-            "ca_file": world.ca_file,
-            "shutdown_timeout": 2,
-            "workers": 2,
-            "cache": {"type": "internal"},
-            **settings,
-        }
-        config = tmp_path / "mta-sts-daemon.yml"
-        config.write_text(yaml.safe_dump(data))
+        config, data = daemon_config(world, tmp_path, **{"cache": {"type": "internal"}, **settings})
         fds = [sock.fileno() for sock in sockets]
         command = [sys.executable, "-m", "mtasts_fast", "-c", str(config)]
         proc = subprocess.Popen(
@@ -191,26 +189,10 @@ def activate(world: World, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             stderr=subprocess.STDOUT,
             pass_fds=fds,
         )
-        instance = Daemon(proc, config, data)
-        started.append(instance)
-        if wait:
-            instance.wait_for(READY_LINE, timeout=20)
-        return instance
+        return started.add(proc, config, data, wait=wait)
 
     yield _start
-    for instance in started:
-        if instance.proc.poll() is None:
-            workers: set[int] = set()
-            with contextlib.suppress(OSError):
-                workers = instance.worker_pids()
-            instance.proc.kill()
-            for pid in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        instance.proc.wait()
-        instance.drain()
-        if instance.proc.stdout is not None:
-            instance.proc.stdout.close()
+    started.end()
 
 
 def test_passed_tcp_and_unix_sockets_are_served_by_every_worker(

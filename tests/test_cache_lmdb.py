@@ -7,6 +7,7 @@ environment must not cross a fork), running the small scripts below.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import logging
@@ -18,7 +19,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,14 @@ from mtasts_fast.cache.lmdb import dane as dane_module
 from mtasts_fast.dane.state import DaneHost, DaneState
 from mtasts_fast.policy import Policy
 from tests.cache_contract import (
+    DANE_STATES,
+    FAILURE_RECORDS,
+    POLICY_ENTRIES,
     CachePeer,
     PersistentCacheContract,
+    RecordKind,
+    assert_same,
     collect,
-    make_dane,
     make_entry,
     make_failure,
 )
@@ -74,6 +79,11 @@ def raw_env(path: str) -> lmdb.Environment:
 
 def check_consistency(path: str) -> int:
     """Every entry decodes and is in both indexes exactly once; return the count."""
+    return len(check_entries(path))
+
+
+def check_entries(path: str) -> list[str]:
+    """Every entry decodes and is in both indexes exactly once; return the domains."""
     env = raw_env(path)
     try:
         with env.begin() as txn:
@@ -86,25 +96,94 @@ def check_consistency(path: str) -> int:
     assert all(e is not None for e in entries.values()), "an entry does not decode"
     assert sorted(k[8:] for k in by_expiry) == sorted(entries)
     assert sorted(k[8:] for k in by_checked) == sorted(entries)
-    return len(entries)
+    return sorted(k.decode() for k in entries)
 
 
-def check_failures(path: str) -> list[str]:
-    """Every failure record decodes and is indexed by its retry_at; return the domains."""
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """Where the LMDB backend keeps a kind of record beside the policy entries."""
+
+    kind: RecordKind
+    records: bytes
+    index: bytes
+    decode: Callable[[str, bytes], FetchFailure | DaneState | None]
+    logged: str
+    """What the log line of a full map's eviction calls them."""
+    pruner: Callable[[LmdbCache], tuple[object, str]]
+    """Where the function that prunes one batch of them is looked up."""
+
+
+FAILURES = Stored(
+    FAILURE_RECORDS,
+    b"failures",
+    b"failures_by_retry",
+    decode_failure,
+    "failure records",
+    lambda cache: (cache, "_prune_failures_txn"),
+)
+DANE = Stored(
+    DANE_STATES,
+    b"dane",
+    b"dane_by_expiry",
+    decode_dane,
+    "DANE states",
+    lambda cache: (dane_module, "prune_dane"),
+)
+STORED = [pytest.param(FAILURES, id="failure-record"), pytest.param(DANE, id="dane-state")]
+
+
+def check_records(path: str, stored: Stored) -> list[str]:
+    """Every record decodes and is indexed by its time; return the domains."""
     env = raw_env(path)
     try:
         with env.begin() as txn:
-            records = dict(txn.cursor(env.open_db(b"failures", txn, create=False)))
-            index = [k for k, _ in txn.cursor(env.open_db(b"failures_by_retry", txn, create=False))]
+            records = dict(txn.cursor(env.open_db(stored.records, txn, create=False)))
+            index = [k for k, _ in txn.cursor(env.open_db(stored.index, txn, create=False))]
     finally:
         env.close()
-    failures = {k: decode_failure(k.decode(), v) for k, v in records.items()}
+    decoded = {k: stored.decode(k.decode(), v) for k, v in records.items()}
     expected = []
-    for key, failure in failures.items():
-        assert failure is not None, f"the failure record of {key!r} does not decode"
-        expected.append(_time_key(failure.retry_at) + key)
+    for key, record in decoded.items():
+        assert record is not None, f"the record of {key!r} in {stored.records!r} does not decode"
+        expected.append(_time_key(stored.kind.indexed_at(record)) + key)
     assert sorted(index) == sorted(expected)
-    return sorted(k.decode() for k in failures)
+    return sorted(k.decode() for k in decoded)
+
+
+@dataclasses.dataclass(frozen=True)
+class Memoised:
+    """A kind of record the LMDB backend memoises for the responder's
+    synchronous reads: policy entries and DANE states."""
+
+    kind: RecordKind
+    get_nowait: Callable[[LmdbCache, str], Any]
+    database: bytes
+    memo: Callable[[LmdbCache], dict[str, Any]]
+    check: Callable[[str], list[str]]
+    """Check its database and indexes, as check_entries does; the domains."""
+    peer_put: Callable[[LmdbPeer, Any], Awaitable[None]]
+    peer_delete: Callable[[LmdbPeer, str], Awaitable[bool]]
+
+
+ENTRY_MEMO = Memoised(
+    POLICY_ENTRIES,
+    lambda cache, domain: cache.get_nowait(domain),
+    b"policies",
+    lambda cache: cache._memo,
+    check_entries,
+    lambda peer, entry: peer.put(entry),
+    lambda peer, domain: peer.delete(domain),
+)
+DANE_MEMO = Memoised(
+    DANE_STATES,
+    lambda cache, domain: cache.get_dane_nowait(domain),
+    b"dane",
+    lambda cache: cache._dane_memo,
+    lambda path: check_records(path, DANE),
+    lambda peer, state: peer.put_dane(state),
+    lambda peer, domain: peer.delete_dane(domain),
+)
+MEMOISED = [pytest.param(ENTRY_MEMO, id="policy"), pytest.param(DANE_MEMO, id="dane-state")]
 
 
 def run_script(script: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
@@ -215,12 +294,14 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 
 # argv: path. Answers one JSON call per stdin line, ["method", [args...]],
 # with one JSON line holding the result (a FetchFailure or a DaneState as a
-# list of fields, a DaneState's hosts as lists too).
+# list of fields, a DaneState's hosts as lists too; an entry to put goes as
+# its domain and its codec bytes in base64).
 PEER_SCRIPT = (
     PRELUDE
     + """
-import dataclasses
+import base64, dataclasses
 from mtasts_fast.cache.base import FetchFailure
+from mtasts_fast.cache.codec import decode_entry
 from mtasts_fast.dane.state import DaneHost, DaneState
 
 def dane_state(domain, decision, reason, hosts, evaluated_at, expires_at):
@@ -237,7 +318,9 @@ async def main(path):
     print(json.dumps("ready"), flush=True)
     for line in sys.stdin:
         method, args = json.loads(line)
-        if method == "put_failure":
+        if method == "put":
+            args = [decode_entry(args[0], base64.b64decode(args[1]))]
+        elif method == "put_failure":
             args = [FetchFailure(*args[0])]
         elif method == "put_dane":
             args = [dane_state(*args[0])]
@@ -341,6 +424,13 @@ class LmdbPeer:
             self._process.stdin.write(json.dumps([method, args]).encode() + b"\n")
             await self._process.stdin.drain()
             return await self._answer()
+
+    async def put(self, entry: CacheEntry) -> None:
+        await self._call("put", entry.domain, base64.b64encode(encode_entry(entry)).decode())
+
+    async def delete(self, domain: str) -> bool:
+        result: bool = await self._call("delete", domain)
+        return result
 
     async def get_dane(self, domain: str) -> DaneState | None:
         fields = await self._call("get_dane", domain)
@@ -497,47 +587,64 @@ async def test_purge_empties_the_indexes_too(tmp_path: Path) -> None:
 # -- undecodable values ---------------------------------------------------------
 
 
-async def test_undecodable_value_reads_as_missing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("memoised", MEMOISED)
+async def test_undecodable_value_reads_as_missing_and_is_replaced(
+    tmp_path: Path, memoised: Memoised
+) -> None:
     path = str(tmp_path / "cache.lmdb")
+    kind = memoised.kind
     cache = await open_cache(path)
     await cache.put(make_entry("good.example"))
+    await kind.put(cache, kind.make("good.example"))  # for entries, a later check
     await cache.close()
-    env = raw_env(path)
+    env = lmdb.Environment(path, subdir=False, max_dbs=8)
     with env.begin(write=True) as txn:
-        txn.put(b"bad.example", b"\xc1 not msgpack", db=env.open_db(b"policies", txn))
-        txn.put(b"future.example", b"\x92\x02\xa1x", db=env.open_db(b"policies", txn))
+        txn.put(b"bad.example", b"\xc1 not msgpack", db=env.open_db(memoised.database, txn))
+        txn.put(b"future.example", b"\x92\x02\xa1x", db=env.open_db(memoised.database, txn))
     env.close()
 
     cache = await open_cache(path)
     try:
-        assert cache.get_nowait("bad.example") is None
-        assert cache.get_nowait("future.example") is None
-        assert await cache.get("bad.example") is None
+        assert memoised.get_nowait(cache, "bad.example") is None
+        assert memoised.get_nowait(cache, "future.example") is None
+        assert await kind.get(cache, "bad.example") is None
+        assert await kind.get(cache, "future.example") is None
         batches = await collect(cache, 10)
         assert [e.domain for b in batches for e in b] == ["good.example"]
-        # A write replaces the unreadable value whatever its checked_at.
-        await cache.put(make_entry("bad.example", checked_at=1.0, fetched_at=1.0))
-        got = cache.get_nowait("bad.example")
+        # A write replaces the unreadable value whatever its times (1973).
+        await kind.put(cache, kind.make_at("bad.example", 1e8))
+        got = memoised.get_nowait(cache, "bad.example")
         assert got is not None
-        assert got.checked_at == 1.0
-        assert await cache.delete("future.example") is False
+        assert kind.indexed_at(got) == 1e8
+        assert await kind.delete(cache, "future.example") is False
+        assert await kind.get(cache, "good.example") is not None
     finally:
         await cache.close()
-    assert check_consistency(path) == 2
+    assert memoised.check(path) == ["bad.example", "good.example"]
 
 
-async def test_get_nowait_returns_same_object_until_changed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("memoised", MEMOISED)
+async def test_a_memoised_hit_is_the_same_object_until_changed(
+    tmp_path: Path, memoised: Memoised
+) -> None:
+    # The responder keeps rendered replies on what it read: a repeated hit
+    # must return that very object.
+    now = time.time()
+    kind = memoised.kind
     cache = await open_cache(str(tmp_path / "cache.lmdb"))
     try:
-        await cache.put(make_entry("example.com", pid="one", fetched_at=1000.0))
-        first = cache.get_nowait("example.com")
+        await kind.put(cache, kind.make_at("example.com", now + 3600))
+        first = memoised.get_nowait(cache, "example.com")
         assert first is not None
         first.rendered[0] = b"memoised reply"
-        assert cache.get_nowait("example.com") is first
-        await cache.put(make_entry("example.com", pid="two", fetched_at=2000.0))
-        second = cache.get_nowait("example.com")
+        assert memoised.get_nowait(cache, "example.com") is first
+        assert await kind.get(cache, "example.com") is first
+        # A newer record is a new object, with nothing rendered on it yet.
+        await kind.put(cache, kind.make_at("example.com", now + 7200))
+        second = memoised.get_nowait(cache, "example.com")
         assert second is not None
-        assert second.policy_id == "two"
+        assert second is not first
+        assert kind.indexed_at(second) == now + 7200
         assert second.rendered == {}
     finally:
         await cache.close()
@@ -568,78 +675,68 @@ class _NoReads:
         raise AssertionError("a read transaction was opened")
 
 
+@pytest.mark.parametrize("memoised", MEMOISED)
 async def test_a_memoised_hit_opens_no_transaction_until_something_is_committed(
-    tmp_path: Path,
+    tmp_path: Path, memoised: Memoised
 ) -> None:
+    kind = memoised.kind
+    other = DANE_MEMO if memoised is ENTRY_MEMO else ENTRY_MEMO
     cache = await open_cache(str(tmp_path / "cache.lmdb"))
     try:
-        await cache.put(make_entry("example.com", pid="one"))
-        first = cache.get_nowait("example.com")
+        await kind.put(cache, kind.make("example.com"))
+        first = memoised.get_nowait(cache, "example.com")
         assert first is not None
         real = cache._env
         assert real is not None
         cache._env = _NoReads(real)  # type: ignore[assignment]
         try:
-            assert cache.get_nowait("example.com") is first
+            assert memoised.get_nowait(cache, "example.com") is first
+            assert await kind.get(cache, "example.com") is first
         finally:
             cache._env = real
-        # Any commit, even of another domain, makes the next hit read again
+        # Any commit, even of the other kind, makes the next hit read again
         # (and find its bytes unchanged: the same object).
-        await cache.put(make_entry("other.example"))
+        await other.kind.put(cache, other.kind.make("example.com"))
         cache._env = _NoReads(real)  # type: ignore[assignment]
         try:
             with pytest.raises(AssertionError, match="read transaction"):
-                cache.get_nowait("example.com")
+                memoised.get_nowait(cache, "example.com")
         finally:
             cache._env = real
-        assert cache.get_nowait("example.com") is first
+        assert memoised.get_nowait(cache, "example.com") is first
+        # The two kinds are memoised apart.
+        theirs = other.get_nowait(cache, "example.com")
+        assert theirs is not None
+        assert theirs is not first
+        assert other.get_nowait(cache, "example.com") is theirs
     finally:
         await cache.close()
 
 
-_WRITE_FROM_ANOTHER_PROCESS = """
-import asyncio, sys
-from mtasts_fast.cache.lmdb import LmdbCache
-from tests.cache_contract import make_entry
-
-async def main() -> None:
-    cache = LmdbCache({"path": sys.argv[1], "map_size": 64 << 20})
-    await cache.setup()
-    if sys.argv[2] == "delete":
-        await cache.delete("example.com")
-    else:
-        await cache.put(make_entry("example.com", pid=sys.argv[2]))
-    await cache.close()
-
-asyncio.run(main())
-"""
-
-
-async def test_memoised_hits_see_writes_and_deletes_of_other_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("memoised", MEMOISED)
+async def test_memoised_hits_see_writes_and_deletes_of_other_processes(
+    tmp_path: Path, memoised: Memoised
+) -> None:
     path = str(tmp_path / "cache.lmdb")
+    kind = memoised.kind
     cache = await open_cache(path)
-
-    def other_process(action: str) -> None:
-        subprocess.run(
-            [sys.executable, "-c", _WRITE_FROM_ANOTHER_PROCESS, path, action],
-            check=True,
-            cwd=ROOT,
-        )
-
+    peer = await LmdbPeer.start(path)
     try:
-        await cache.put(make_entry("example.com", pid="one"))
+        now = time.time()
+        await kind.put(cache, kind.make_at("example.com", now + 3600))
         for _ in range(2):  # memoised and stamped
-            got = cache.get_nowait("example.com")
+            got = memoised.get_nowait(cache, "example.com")
             assert got is not None
-            assert got.policy_id == "one"
-        other_process("two")
-        got = cache.get_nowait("example.com")
+            assert kind.indexed_at(got) == now + 3600
+        await memoised.peer_put(peer, kind.make_at("example.com", now + 7200))
+        got = memoised.get_nowait(cache, "example.com")
         assert got is not None
-        assert got.policy_id == "two"
-        other_process("delete")
-        assert cache.get_nowait("example.com") is None
-        assert "example.com" not in cache._memo
+        assert kind.indexed_at(got) == now + 7200
+        assert await memoised.peer_delete(peer, "example.com") is True
+        assert memoised.get_nowait(cache, "example.com") is None
+        assert "example.com" not in memoised.memo(cache)
     finally:
+        await peer.close()
         await cache.close()
 
 
@@ -658,13 +755,15 @@ async def test_commit_counter_refuses_a_file_it_does_not_recognise(tmp_path: Pat
     "domain",
     [pytest.param("", id="empty"), pytest.param("x" * 600, id="over-lmdb-key-limit")],
 )
-async def test_unstorable_keys(tmp_path: Path, domain: str) -> None:
+@pytest.mark.parametrize("memoised", MEMOISED)
+async def test_unstorable_keys(tmp_path: Path, domain: str, memoised: Memoised) -> None:
+    kind = memoised.kind
     cache = await open_cache(str(tmp_path / "cache.lmdb"))
     try:
-        assert cache.get_nowait(domain) is None
-        await cache.put(make_entry(domain))
-        assert await cache.get(domain) is None
-        assert await cache.delete(domain) is False
+        assert memoised.get_nowait(cache, domain) is None
+        await kind.put(cache, kind.make(domain))
+        assert await kind.get(cache, domain) is None
+        assert await kind.delete(cache, domain) is False
     finally:
         await cache.close()
 
@@ -961,130 +1060,169 @@ async def test_waiting_for_another_writer_does_not_block_the_loop(tmp_path: Path
 # -- failure records and leases -------------------------------------------------
 
 
-async def test_file_of_the_previous_release_opens(tmp_path: Path) -> None:
-    # The previous release made four named databases; the failure databases
-    # are added when the file is next opened.
+# The named databases of earlier releases: the first (policy entries), the
+# previous one (failure records too); each added what the next one opens.
+_FIRST_RELEASE_DBS = (b"policies", b"meta", b"by_expiry", b"by_checked")
+_PREVIOUS_RELEASE_DBS = (*_FIRST_RELEASE_DBS, b"failures", b"failures_by_retry")
+
+
+@pytest.mark.parametrize(
+    ("databases", "gains"),
+    [
+        pytest.param(_FIRST_RELEASE_DBS, FAILURES, id="first-release-gains-failures"),
+        pytest.param(_PREVIOUS_RELEASE_DBS, DANE, id="previous-release-gains-dane-states"),
+    ],
+)
+async def test_file_of_an_earlier_release_gains_the_new_databases(
+    tmp_path: Path, databases: tuple[bytes, ...], gains: Stored
+) -> None:
     path = str(tmp_path / "cache.lmdb")
     entry = make_entry("old.example")
-    key = b"old.example"
-    env = lmdb.Environment(path, subdir=False, max_dbs=4)
+    failure = make_failure("old.example")
+    env = lmdb.Environment(path, subdir=False, max_dbs=len(databases))
     with env.begin(write=True) as txn:
-        txn.put(key, encode_entry(entry), db=env.open_db(b"policies", txn))
-        txn.put(_time_key(entry.expires_at) + key, b"", db=env.open_db(b"by_expiry", txn))
-        txn.put(_time_key(entry.checked_at) + key, b"", db=env.open_db(b"by_checked", txn))
-        txn.put(b"proactive_ts", struct.pack(">d", 42.0), db=env.open_db(b"meta", txn))
+        dbs = {name: env.open_db(name, txn) for name in databases}
+        txn.put(b"old.example", encode_entry(entry), db=dbs[b"policies"])
+        txn.put(_time_key(entry.expires_at) + b"old.example", b"", db=dbs[b"by_expiry"])
+        txn.put(_time_key(entry.checked_at) + b"old.example", b"", db=dbs[b"by_checked"])
+        txn.put(b"proactive_ts", struct.pack(">d", 42.0), db=dbs[b"meta"])
+        if b"failures" in dbs:
+            txn.put(b"old.example", encode_failure(failure), db=dbs[b"failures"])
+            index_key = _time_key(failure.retry_at) + b"old.example"
+            txn.put(index_key, b"", db=dbs[b"failures_by_retry"])
     env.close()
 
-    failure = make_failure("example.net")
+    kind = gains.kind
+    record = kind.make("old.example")
     cache = await open_cache(path)
     try:
-        got = cache.get_nowait("old.example")
-        assert got is not None
-        assert got.same_as(entry)
+        assert_same(cache.get_nowait("old.example"), entry)
         assert await cache.get_proactive_ts() == 42.0
-        assert await cache.get_failure("old.example") is None
-        await cache.put_failure(failure)
-        assert await cache.get_failure("example.net") == failure
+        if b"failures" in databases:
+            assert await cache.get_failure("old.example") == failure
+        assert await kind.get(cache, "old.example") is None
+        await kind.put(cache, record)
+        assert_same(await kind.get(cache, "old.example"), record)
         assert await cache.acquire_lease("refresh", "new-release", 60)
     finally:
         await cache.close()
-    # A process of the previous release (max_dbs=4, raw_env) still reads it.
+    assert check_records(path, gains) == ["old.example"]
+    # A process of that release (as many databases as it had, at most) still
+    # opens the file and reads its own data.
+    env = lmdb.Environment(path, subdir=False, max_dbs=len(databases), create=False)
+    try:
+        with env.begin() as txn:
+            dbs = {name: env.open_db(name, txn, create=False) for name in databases}
+            assert txn.get(b"old.example", db=dbs[b"policies"]) == encode_entry(entry)
+    finally:
+        env.close()
     assert check_consistency(path) == 1
-    assert check_failures(path) == ["example.net"]
 
 
-async def test_failure_records_are_bounded_oldest_retry_first(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stored", STORED)
+async def test_records_are_bounded_earliest_first(tmp_path: Path, stored: Stored) -> None:
+    # Failure records go oldest retry time first, DANE states soonest expiry first.
     path = str(tmp_path / "cache.lmdb")
     now = time.time()
+    kind = stored.kind
     cache = await open_cache(path, max_entries=5)  # a batch of one
     try:
         for i in range(5):
             await cache.put(make_entry(f"e{i}.example"))
-            await cache.put_failure(make_failure(f"f{i}.example", retry_at=now + 100 + i))
-        # Rewritten with a later retry time: f0 is no longer the oldest.
-        await cache.put_failure(make_failure("f0.example", retry_at=now + 1000))
-        await cache.put_failure(make_failure("new.example", retry_at=now + 50))
-        assert await cache.get_failure("f1.example") is None
-        # Failure records and policies are bounded separately.
+            await kind.put(cache, kind.make_at(f"r{i}.example", now + 100 + i))
+        # Rewritten with a later time: r0 is no longer the first to go.
+        await kind.put(cache, kind.make_at("r0.example", now + 1000))
+        await kind.put(cache, kind.make_at("new.example", now + 50))
+        assert await kind.get(cache, "r1.example") is None
+        # These records and policies are bounded separately.
         assert len([e for b in await collect(cache, 10) for e in b]) == 5
     finally:
         await cache.close()
-    assert check_failures(path) == [
-        "f0.example",
-        "f2.example",
-        "f3.example",
-        "f4.example",
+    assert check_records(path, stored) == [
         "new.example",
+        "r0.example",
+        "r2.example",
+        "r3.example",
+        "r4.example",
     ]
     assert check_consistency(path) == 5
 
 
-async def test_failures_are_pruned_in_several_transactions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("stored", STORED)
+async def test_records_are_pruned_in_several_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stored: Stored
 ) -> None:
     path = str(tmp_path / "cache.lmdb")
     now = time.time()
+    kind = stored.kind
     monkeypatch.setattr("mtasts_fast.cache.lmdb.store.WRITE_BATCH", 3)
     cache = await open_cache(path)
     transactions = 0
-    prune_failures = cache._prune_failures_txn
+    owner, name = stored.pruner(cache)
+    prune_batch = getattr(owner, name)
 
-    def counting(txn: Any, limit: bytes) -> bool:
+    def counting(*args: Any) -> Any:
         nonlocal transactions
         transactions += 1
-        return prune_failures(txn, limit)
+        return prune_batch(*args)
 
-    monkeypatch.setattr(cache, "_prune_failures_txn", counting)
+    monkeypatch.setattr(owner, name, counting)
     try:
         for i in range(10):
-            await cache.put_failure(make_failure(f"stale{i}.example", retry_at=1000.0 + i))
-        await cache.put_failure(make_failure("kept.example", retry_at=now))
-        # A record rewritten with a later retry time is judged by the new one.
-        await cache.put_failure(make_failure("moved.example", retry_at=1000.0))
-        await cache.put_failure(make_failure("moved.example", retry_at=now + 60))
+            await kind.put(cache, kind.make_at(f"stale{i}.example", 1000.0 + i))
+        await kind.put(cache, kind.make_at("kept.example", now + 60))
+        # A record rewritten with a later time is judged by the new one.
+        await kind.put(cache, kind.make_at("moved.example", 1000.0))
+        await kind.put(cache, kind.make_at("moved.example", now + 60))
         assert await cache.prune(now) == 0  # no policy entries
         assert transactions >= 4
     finally:
         await cache.close()
-    assert check_failures(path) == ["kept.example", "moved.example"]
+    assert check_records(path, stored) == ["kept.example", "moved.example"]
 
 
-async def test_purge_empties_the_failure_index_and_keeps_leases(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stored", STORED)
+async def test_purge_empties_the_record_index_and_keeps_leases(
+    tmp_path: Path, stored: Stored
+) -> None:
     path = str(tmp_path / "cache.lmdb")
     cache = await open_cache(path)
     try:
         for i in range(20):
-            await cache.put_failure(make_failure(f"f{i}.example"))
+            await stored.kind.put(cache, stored.kind.make(f"r{i}.example"))
         await cache.put(make_entry("a.example"))
         assert await cache.acquire_lease("refresh", "worker-1", 60)
         assert await cache.purge() == 1
         assert not await cache.acquire_lease("refresh", "worker-2", 60)
     finally:
         await cache.close()
-    assert check_failures(path) == []
+    assert check_records(path, stored) == []
     assert check_consistency(path) == 0
 
 
-async def test_full_map_evicts_failure_records_first(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("stored", STORED)
+async def test_full_map_evicts_records_before_growing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, stored: Stored
 ) -> None:
     caplog.set_level(logging.INFO, logger="mtasts_fast.cache.lmdb")
     path = str(tmp_path / "cache.lmdb")
     now = time.time()
-    names = [f"f{i}.example" for i in range(5)]  # oldest retry time first
+    kind = stored.kind
+    names = [f"r{i}.example" for i in range(5)]  # the earliest time first
     cache = await open_cache(path, map_size=MiB)
     try:
         for i, name in enumerate(names):
-            await cache.put_failure(make_failure(name, retry_at=now + i))
+            await kind.put(cache, kind.make_at(name, now + 100 + i))
         # Larger than the map: evicting is tried before growing.
         await cache.put(big_entry("large.example", 3 * MiB // 2))
         assert await cache.get("large.example") is not None
-        assert "failure records" in caplog.text
-        assert await cache.get_failure(names[0]) is None
+        assert f" 1 {stored.logged}" in caplog.text  # a batch of one of five
+        assert await kind.get(cache, names[0]) is None
     finally:
         await cache.close()
-    left = check_failures(path)
-    assert left == names[len(names) - len(left) :]  # the most recent retry times stay
+    left = check_records(path, stored)
+    assert left == names[len(names) - len(left) :]  # the latest times stay
+    check_consistency(path)
 
 
 async def test_lease_taken_by_one_process_at_a_time(tmp_path: Path) -> None:
@@ -1119,283 +1257,3 @@ async def test_lease_taken_by_one_process_at_a_time(tmp_path: Path) -> None:
         assert await cache.acquire_lease("race", "parent", 60)  # released by all
     finally:
         await cache.close()
-
-
-# -- DANE states ----------------------------------------------------------------
-
-
-def check_dane(path: str) -> list[str]:
-    """Every DANE state decodes and is indexed by its expires_at; return the domains."""
-    env = raw_env(path)
-    try:
-        with env.begin() as txn:
-            records = dict(txn.cursor(env.open_db(b"dane", txn, create=False)))
-            index = [k for k, _ in txn.cursor(env.open_db(b"dane_by_expiry", txn, create=False))]
-    finally:
-        env.close()
-    states = {k: decode_dane(k.decode(), v) for k, v in records.items()}
-    expected = []
-    for key, state in states.items():
-        assert state is not None, f"the DANE state of {key!r} does not decode"
-        expected.append(_time_key(state.expires_at) + key)
-    assert sorted(index) == sorted(expected)
-    return sorted(k.decode() for k in states)
-
-
-async def test_a_memoised_dane_hit_is_the_same_object_and_opens_no_transaction(
-    tmp_path: Path,
-) -> None:
-    # The responder keeps rendered replies on the state: a repeated hit must
-    # return that very object, at the cost of an entry hit (no transaction)
-    # while nothing was committed.
-    cache = await open_cache(str(tmp_path / "cache.lmdb"))
-    try:
-        await cache.put_dane(make_dane("example.com", reason="one"))
-        first = cache.get_dane_nowait("example.com")
-        assert first is not None
-        first.rendered[0] = b"memoised reply"
-        real = cache._env
-        assert real is not None
-        cache._env = _NoReads(real)  # type: ignore[assignment]
-        try:
-            assert cache.get_dane_nowait("example.com") is first
-            assert await cache.get_dane("example.com") is first
-        finally:
-            cache._env = real
-        # Any commit, even of a policy entry, makes the next hit read again
-        # and find its bytes unchanged: the same object.
-        await cache.put(make_entry("example.com"))
-        cache._env = _NoReads(real)  # type: ignore[assignment]
-        try:
-            with pytest.raises(AssertionError, match="read transaction"):
-                cache.get_dane_nowait("example.com")
-        finally:
-            cache._env = real
-        assert cache.get_dane_nowait("example.com") is first
-        # A new state is a new object, with nothing rendered on it yet.
-        await cache.put_dane(make_dane("example.com", reason="two"))
-        second = cache.get_dane_nowait("example.com")
-        assert second is not None
-        assert second is not first
-        assert second.reason == "two"
-        assert second.rendered == {}
-        # Entries and states are memoised apart.
-        entry = cache.get_nowait("example.com")
-        assert entry is not None
-        assert cache.get_nowait("example.com") is entry
-    finally:
-        await cache.close()
-
-
-async def test_memoised_dane_hits_see_writes_and_deletes_of_other_processes(
-    tmp_path: Path,
-) -> None:
-    path = str(tmp_path / "cache.lmdb")
-    cache = await open_cache(path)
-    peer = await LmdbPeer.start(path)
-    try:
-        now = time.time()
-        await cache.put_dane(make_dane("example.com", reason="mine", evaluated_at=now))
-        for _ in range(2):  # memoised and stamped
-            got = cache.get_dane_nowait("example.com")
-            assert got is not None
-            assert got.reason == "mine"
-        await peer.put_dane(make_dane("example.com", reason="theirs", evaluated_at=now + 1))
-        got = cache.get_dane_nowait("example.com")
-        assert got is not None
-        assert got.reason == "theirs"
-        assert await peer.delete_dane("example.com") is True
-        assert cache.get_dane_nowait("example.com") is None
-        assert "example.com" not in cache._dane_memo
-    finally:
-        await peer.close()
-        await cache.close()
-
-
-# The six named databases of the previous release.
-_PREVIOUS_RELEASE_DBS = (
-    b"policies",
-    b"meta",
-    b"by_expiry",
-    b"by_checked",
-    b"failures",
-    b"failures_by_retry",
-)
-
-
-async def test_file_of_the_previous_release_gains_the_dane_databases(tmp_path: Path) -> None:
-    path = str(tmp_path / "cache.lmdb")
-    entry = make_entry("old.example")
-    failure = make_failure("old.example")
-    env = lmdb.Environment(path, subdir=False, max_dbs=len(_PREVIOUS_RELEASE_DBS))
-    with env.begin(write=True) as txn:
-        dbs = {name: env.open_db(name, txn) for name in _PREVIOUS_RELEASE_DBS}
-        txn.put(b"old.example", encode_entry(entry), db=dbs[b"policies"])
-        txn.put(_time_key(entry.expires_at) + b"old.example", b"", db=dbs[b"by_expiry"])
-        txn.put(_time_key(entry.checked_at) + b"old.example", b"", db=dbs[b"by_checked"])
-        txn.put(b"old.example", encode_failure(failure), db=dbs[b"failures"])
-        index_key = _time_key(failure.retry_at) + b"old.example"
-        txn.put(index_key, b"", db=dbs[b"failures_by_retry"])
-    env.close()
-
-    state = make_dane("old.example")
-    cache = await open_cache(path)
-    try:
-        got = cache.get_nowait("old.example")
-        assert got is not None
-        assert got.same_as(entry)
-        assert await cache.get_failure("old.example") == failure
-        assert cache.get_dane_nowait("old.example") is None
-        await cache.put_dane(state)
-        got_state = cache.get_dane_nowait("old.example")
-        assert got_state is not None
-        assert got_state.same_as(state)
-    finally:
-        await cache.close()
-    assert check_dane(path) == ["old.example"]
-    # A process of the previous release (six databases at most) still opens
-    # the file and reads its own data.
-    env = lmdb.Environment(path, subdir=False, max_dbs=len(_PREVIOUS_RELEASE_DBS), create=False)
-    try:
-        with env.begin() as txn:
-            dbs = {name: env.open_db(name, txn, create=False) for name in _PREVIOUS_RELEASE_DBS}
-            assert txn.get(b"old.example", db=dbs[b"policies"]) == encode_entry(entry)
-    finally:
-        env.close()
-
-
-async def test_undecodable_dane_state_reads_as_missing_and_is_replaced(tmp_path: Path) -> None:
-    path = str(tmp_path / "cache.lmdb")
-    cache = await open_cache(path)
-    await cache.put_dane(make_dane("good.example"))
-    await cache.close()
-    env = lmdb.Environment(path, subdir=False, max_dbs=2)
-    with env.begin(write=True) as txn:
-        txn.put(b"bad.example", b"\xc1 not msgpack", db=env.open_db(b"dane", txn))
-        txn.put(b"future.example", b"\x92\x02\xa1x", db=env.open_db(b"dane", txn))
-    env.close()
-
-    cache = await open_cache(path)
-    try:
-        assert cache.get_dane_nowait("bad.example") is None
-        assert await cache.get_dane("future.example") is None
-        # A write replaces the unreadable value whatever its evaluated_at.
-        await cache.put_dane(make_dane("bad.example", evaluated_at=1.0))
-        got = cache.get_dane_nowait("bad.example")
-        assert got is not None
-        assert got.evaluated_at == 1.0
-        assert await cache.delete_dane("future.example") is False
-        assert await cache.get_dane("good.example") is not None
-    finally:
-        await cache.close()
-    assert check_dane(path) == ["bad.example", "good.example"]
-
-
-@pytest.mark.parametrize(
-    "domain",
-    [pytest.param("", id="empty"), pytest.param("x" * 600, id="over-lmdb-key-limit")],
-)
-async def test_unstorable_dane_keys(tmp_path: Path, domain: str) -> None:
-    cache = await open_cache(str(tmp_path / "cache.lmdb"))
-    try:
-        assert cache.get_dane_nowait(domain) is None
-        await cache.put_dane(make_dane(domain))
-        assert await cache.get_dane(domain) is None
-        assert await cache.delete_dane(domain) is False
-    finally:
-        await cache.close()
-
-
-async def test_dane_states_are_bounded_soonest_expiry_first(tmp_path: Path) -> None:
-    path = str(tmp_path / "cache.lmdb")
-    now = time.time()
-    cache = await open_cache(path, max_entries=5)  # a batch of one
-    try:
-        for i in range(5):
-            await cache.put(make_entry(f"e{i}.example"))
-            await cache.put_dane(make_dane(f"d{i}.example", evaluated_at=now, ttl=100 + i))
-        # Re-evaluated, now expiring later: d0 is no longer the first to expire.
-        await cache.put_dane(make_dane("d0.example", evaluated_at=now + 1, ttl=1000))
-        await cache.put_dane(make_dane("new.example", evaluated_at=now, ttl=50))
-        assert await cache.get_dane("d1.example") is None
-        # States and policies are bounded separately.
-        assert len([e for b in await collect(cache, 10) for e in b]) == 5
-    finally:
-        await cache.close()
-    assert check_dane(path) == [
-        "d0.example",
-        "d2.example",
-        "d3.example",
-        "d4.example",
-        "new.example",
-    ]
-    assert check_consistency(path) == 5
-
-
-async def test_dane_states_are_pruned_in_several_transactions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = str(tmp_path / "cache.lmdb")
-    now = time.time()
-    monkeypatch.setattr("mtasts_fast.cache.lmdb.store.WRITE_BATCH", 3)
-    transactions = 0
-    prune_dane = dane_module.prune_dane
-
-    def counting(*args: Any) -> tuple[int, bool]:
-        nonlocal transactions
-        transactions += 1
-        return prune_dane(*args)
-
-    monkeypatch.setattr(dane_module, "prune_dane", counting)
-    cache = await open_cache(path)
-    try:
-        for i in range(10):
-            await cache.put_dane(make_dane(f"old{i}.example", evaluated_at=1000.0 + i, ttl=60))
-        await cache.put_dane(make_dane("kept.example", evaluated_at=now))
-        # A state re-evaluated since is judged by its new expiry.
-        await cache.put_dane(make_dane("moved.example", evaluated_at=1000.0, ttl=60))
-        await cache.put_dane(make_dane("moved.example", evaluated_at=now))
-        assert await cache.prune(now) == 0  # no policy entries
-        assert transactions >= 4
-    finally:
-        await cache.close()
-    assert check_dane(path) == ["kept.example", "moved.example"]
-
-
-async def test_purge_empties_the_dane_index_and_keeps_leases(tmp_path: Path) -> None:
-    path = str(tmp_path / "cache.lmdb")
-    cache = await open_cache(path)
-    try:
-        for i in range(20):
-            await cache.put_dane(make_dane(f"d{i}.example"))
-        await cache.put(make_entry("a.example"))
-        assert await cache.acquire_lease("refresh", "worker-1", 60)
-        assert await cache.purge() == 1
-        assert not await cache.acquire_lease("refresh", "worker-2", 60)
-    finally:
-        await cache.close()
-    assert check_dane(path) == []
-    assert check_consistency(path) == 0
-
-
-async def test_full_map_evicts_dane_states_too(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mtasts_fast.cache.lmdb")
-    path = str(tmp_path / "cache.lmdb")
-    now = time.time()
-    names = [f"d{i}.example" for i in range(5)]  # first to expire first
-    cache = await open_cache(path, map_size=MiB)
-    try:
-        for i, name in enumerate(names):
-            await cache.put_dane(make_dane(name, evaluated_at=now, ttl=100 + i))
-        # Larger than the map: evicting is tried before growing.
-        await cache.put(big_entry("large.example", 3 * MiB // 2))
-        assert await cache.get("large.example") is not None
-        assert "1 DANE states" in caplog.text
-        assert await cache.get_dane(names[0]) is None
-    finally:
-        await cache.close()
-    left = check_dane(path)
-    assert left == names[len(names) - len(left) :]  # the latest expiries stay
-    check_consistency(path)

@@ -7,7 +7,6 @@ Outage tests stop, restart or freeze that cluster, and always bring it back.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import logging
 import os
@@ -22,7 +21,6 @@ import pytest
 
 from mtasts_fast.cache import create_cache
 from mtasts_fast.cache.base import Cache, CacheUnavailable
-from mtasts_fast.cache.codec import encode_dane, encode_entry, encode_failure
 from mtasts_fast.cache.postgres import RETRY_INTERVAL, PostgresCache
 from mtasts_fast.config import Config
 from mtasts_fast.errors import ConfigError
@@ -35,18 +33,11 @@ from tests.cache_contract import (
     make_failure,
 )
 from tests.servers.postgres import PostgresServer, PostgresUnavailable
+from tests.sql_contract import SqlTablesContract
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config_examples" / "postgres.yml"
 
 pytestmark = pytest.mark.usefixtures("collect_garbage")
-
-
-@pytest.fixture
-async def collect_garbage(loop_guard: list[dict[str, Any]]) -> AsyncIterator[None]:
-    """Collect garbage while the loop still runs, so that loop_guard also sees
-    futures whose exception nobody retrieved (reported when they are freed)."""
-    yield
-    gc.collect()
 
 
 _T = TypeVar("_T")
@@ -178,78 +169,31 @@ OLD_ROWS = (
 )
 
 
-async def test_rows_are_pruned_and_the_old_daemons_tables_are_left_alone(
-    postgres_server: PostgresServer, database: str
+@pytest.mark.parametrize(
+    ("table", "column"),
+    [
+        pytest.param("mtasts_policy", "expires_at", id="policy"),
+        pytest.param("mtasts_failures", "retry_at", id="failure"),
+        pytest.param("mtasts_dane", "expires_at", id="dane-state"),
+    ],
+)
+async def test_prune_deletes_through_an_index(
+    postgres_server: PostgresServer, database: str, table: str, column: str
 ) -> None:
-    await admin(postgres_server, *OLD_SCHEMA, database=database)
-    before = await query(postgres_server, database, OLD_ROWS)
     cache = await open_cache(postgres_server, database)
     try:
-        now = time.time()
-        await cache.put(make_entry("example.com", max_age=10, fetched_at=now - 1000))
-        await cache.put(make_entry("fresh.example", fetched_at=now))
-        await cache.set_proactive_ts(now)
-        assert await cache.prune(now - 500) == 1
-        ours = "SELECT domain FROM mtasts_policy ORDER BY domain"
-        assert await query(postgres_server, database, ours) == [("fresh.example",)]
-        assert await cache.delete("other.example") is False
-        assert await cache.purge() == 1
-        assert await query(postgres_server, database, ours) == []
+        await cache.get("example.com")  # makes the tables
     finally:
         await cache.close()
-    assert await query(postgres_server, database, OLD_ROWS) == before
-
-
-async def test_stored_row(postgres_server: PostgresServer, database: str) -> None:
-    entry = make_entry("example.com", fetched_at=1000.25, checked_at=1500.5, max_age=60)
-    cache = await open_cache(postgres_server, database)
-    try:
-        await cache.put(entry)
-    finally:
-        await cache.close()
-    rows = await query(
-        postgres_server, database, "SELECT domain, checked_at, expires_at, entry FROM mtasts_policy"
-    )
-    assert rows == [("example.com", 1500.5, 1060.25, encode_entry(entry))]
-    # prune is one DELETE that can use an index (the planner prefers a scan
-    # of a table this small, unless told otherwise).
+    # prune is one DELETE per table that can use an index (the planner
+    # prefers a scan of a table this small, unless told otherwise).
     conn = await asyncpg.connect(postgres_server.dsn(database))
     try:
         await conn.execute("SET enable_seqscan = off")
-        plan = await conn.fetch(
-            "EXPLAIN (COSTS OFF) DELETE FROM mtasts_policy WHERE expires_at < 5"
-        )
+        plan = await conn.fetch(f"EXPLAIN (COSTS OFF) DELETE FROM {table} WHERE {column} < 5")
     finally:
         await conn.close()
-    assert "mtasts_policy_expires_at" in " ".join(row[0] for row in plan)
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param(b"\xc1garbage", id="not-msgpack"),
-        pytest.param(b"\x93\x02\x01\x02", id="other-format"),
-        pytest.param(b"", id="empty"),
-    ],
-)
-async def test_rows_that_do_not_decode_read_as_missing(
-    postgres_server: PostgresServer, database: str, value: bytes
-) -> None:
-    cache = await open_cache(postgres_server, database)
-    try:
-        await cache.put(make_entry("good.example"))
-        conn = await asyncpg.connect(postgres_server.dsn(database))
-        try:
-            await conn.execute("INSERT INTO mtasts_policy VALUES ('bad.example', 0, 0, $1)", value)
-        finally:
-            await conn.close()
-        assert await cache.get("bad.example") is None
-        batches = await collect(cache, 1)
-        assert [[e.domain for e in b] for b in batches] == [["good.example"]]
-        await cache.put(make_entry("bad.example"))
-        assert await cache.get("bad.example") is not None
-    finally:
-        await cache.close()
+    assert f"{table}_{column}" in " ".join(row[0] for row in plan)
 
 
 async def test_a_dropped_table_is_made_again(
@@ -281,49 +225,12 @@ FIRST_RELEASE_SCHEMA = (
 )
 
 
-async def test_database_of_the_first_release_gets_the_new_tables(
-    postgres_server: PostgresServer, database: str
-) -> None:
-    entry = make_entry("old.example", fetched_at=1000.0, checked_at=1500.0)
-    await admin(postgres_server, *FIRST_RELEASE_SCHEMA, database=database)
-    conn = await asyncpg.connect(postgres_server.dsn(database))
-    try:
-        await conn.execute(
-            "INSERT INTO mtasts_policy VALUES ($1, $2, $3, $4)",
-            "old.example",
-            1500.0,
-            entry.expires_at,
-            encode_entry(entry),
-        )
-    finally:
-        await conn.close()
-    failure = make_failure("example.net")
+async def test_stored_lease_row(postgres_server: PostgresServer, database: str) -> None:
     cache = await open_cache(postgres_server, database)
     try:
-        got = await cache.get("old.example")
-        assert got is not None
-        assert got.same_as(entry)
-        await cache.put_failure(failure)
-        assert await cache.get_failure("example.net") == failure
-        assert await cache.acquire_lease("refresh", "a", 60)
-    finally:
-        await cache.close()
-
-
-async def test_stored_failure_and_lease_rows(
-    postgres_server: PostgresServer, database: str
-) -> None:
-    failure = make_failure("example.com", retry_at=time.time() + 300.5)
-    cache = await open_cache(postgres_server, database)
-    try:
-        await cache.put_failure(failure)
         assert await cache.acquire_lease("refresh", "host-1:42", 60.0)
     finally:
         await cache.close()
-    failures = await query(
-        postgres_server, database, "SELECT domain, data, retry_at FROM mtasts_failures"
-    )
-    assert failures == [("example.com", encode_failure(failure), failure.retry_at)]
     # The expiry is on the server's clock.
     leases = await query(
         postgres_server,
@@ -354,29 +261,6 @@ async def test_a_host_whose_clock_runs_ahead_cannot_take_a_lease_early(
         await two.close()
 
 
-@pytest.mark.parametrize(
-    "value",
-    [pytest.param(b"\xc1garbage", id="not-msgpack"), pytest.param(b"", id="empty")],
-)
-async def test_failure_rows_that_do_not_decode_read_as_missing(
-    postgres_server: PostgresServer, database: str, value: bytes
-) -> None:
-    cache = await open_cache(postgres_server, database)
-    try:
-        await cache.get_failure("bad.example")  # makes the tables
-        conn = await asyncpg.connect(postgres_server.dsn(database))
-        try:
-            await conn.execute("INSERT INTO mtasts_failures VALUES ('bad.example', $1, 0)", value)
-        finally:
-            await conn.close()
-        assert await cache.get_failure("bad.example") is None
-        failure = make_failure("bad.example")
-        await cache.put_failure(failure)
-        assert await cache.get_failure("bad.example") == failure
-    finally:
-        await cache.close()
-
-
 # The tables of the previous release, before DANE states.
 PREVIOUS_RELEASE_SCHEMA = (
     *FIRST_RELEASE_SCHEMA,
@@ -394,91 +278,48 @@ PREVIOUS_RELEASE_SCHEMA = (
 )
 
 
-async def test_database_of_the_previous_release_gets_the_dane_table(
-    postgres_server: PostgresServer, database: str
-) -> None:
-    entry = make_entry("old.example", fetched_at=1000.0, checked_at=1500.0)
-    await admin(postgres_server, *PREVIOUS_RELEASE_SCHEMA, database=database)
-    conn = await asyncpg.connect(postgres_server.dsn(database))
-    try:
-        await conn.execute(
-            "INSERT INTO mtasts_policy VALUES ($1, $2, $3, $4)",
-            "old.example",
-            1500.0,
-            entry.expires_at,
-            encode_entry(entry),
-        )
-    finally:
-        await conn.close()
-    state = make_dane("old.example")
-    cache = await open_cache(postgres_server, database)
-    try:
-        got = await cache.get("old.example")
-        assert got is not None
-        assert got.same_as(entry)
-        assert await cache.get_dane("old.example") is None
-        await cache.put_dane(state)
-        got_state = await cache.get_dane("old.example")
-        assert got_state is not None
-        assert got_state.same_as(state)
-    finally:
-        await cache.close()
-    names = await query(
-        postgres_server,
-        database,
-        "SELECT to_regclass('mtasts_dane') IS NOT NULL,"
-        " to_regclass('mtasts_dane_expires_at') IS NOT NULL",
+class TestPostgresTables(SqlTablesContract):
+    old_daemon_schema = OLD_SCHEMA
+    old_daemon_rows = OLD_ROWS
+    first_release_schema = FIRST_RELEASE_SCHEMA
+    previous_release_schema = PREVIOUS_RELEASE_SCHEMA
+
+    @pytest.fixture(autouse=True)
+    def _database(self, postgres_server: PostgresServer, database: str) -> None:
+        self.server = postgres_server
+        self.database = database
+
+    @pytest.fixture(
+        params=[
+            pytest.param(b"\xc1garbage", id="not-msgpack"),
+            pytest.param(b"\x93\x02\x01\x02", id="other-format"),
+            pytest.param(b"", id="empty"),
+        ]
     )
-    assert names == [(True, True)]
+    def undecodable(self, request: pytest.FixtureRequest) -> object:
+        return request.param
 
+    async def open_cache(self) -> Cache:
+        return await open_cache(self.server, self.database)
 
-async def test_stored_dane_row(postgres_server: PostgresServer, database: str) -> None:
-    state = make_dane("example.com", evaluated_at=1000.25, ttl=300.5)
-    cache = await open_cache(postgres_server, database)
-    try:
-        await cache.put_dane(state)
-    finally:
-        await cache.close()
-    rows = await query(
-        postgres_server, database, "SELECT domain, evaluated_at, expires_at, state FROM mtasts_dane"
-    )
-    assert rows == [("example.com", 1000.25, 1300.75, encode_dane(state))]
-    conn = await asyncpg.connect(postgres_server.dsn(database))
-    try:
-        await conn.execute("SET enable_seqscan = off")
-        plan = await conn.fetch("EXPLAIN (COSTS OFF) DELETE FROM mtasts_dane WHERE expires_at < 5")
-    finally:
-        await conn.close()
-    assert "mtasts_dane_expires_at" in " ".join(row[0] for row in plan)
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param(b"\xc1garbage", id="not-msgpack"),
-        pytest.param(b"\x93\x02\x01\x02", id="other-format"),
-        pytest.param(b"", id="empty"),
-    ],
-)
-async def test_dane_rows_that_do_not_decode_read_as_missing(
-    postgres_server: PostgresServer, database: str, value: bytes
-) -> None:
-    cache = await open_cache(postgres_server, database)
-    try:
-        await cache.get_dane("bad.example")  # makes the tables
-        conn = await asyncpg.connect(postgres_server.dsn(database))
+    async def execute(self, sql: str, *args: object) -> None:
+        # asyncpg numbers its parameters: $1, $2...
+        parts = sql.split("?")
+        numbered = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+        conn = await asyncpg.connect(self.server.dsn(self.database))
         try:
-            await conn.execute("INSERT INTO mtasts_dane VALUES ('bad.example', 0, 0, $1)", value)
+            await conn.execute(numbered, *args)
         finally:
             await conn.close()
-        assert await cache.get_dane("bad.example") is None
-        state = make_dane("bad.example")
-        await cache.put_dane(state)
-        got = await cache.get_dane("bad.example")
-        assert got is not None
-        assert got.same_as(state)
-    finally:
-        await cache.close()
+
+    async def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        return await query(self.server, self.database, sql)
+
+    async def relations(self) -> set[str]:
+        rows = await self.fetch(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+        )
+        return {name for (name,) in rows}
 
 
 # --- a fleet on one database ------------------------------------------------------------

@@ -8,6 +8,8 @@ between relays, outages and recovery without a restart, the config examples.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -17,12 +19,15 @@ from typing import Any, NoReturn
 import pytest
 
 from mtasts_fast.cache.base import FAILURE_RETENTION, Cache, CacheUnavailable
-from mtasts_fast.cache.codec import encode_dane, encode_failure
+from mtasts_fast.cache.codec import encode_dane, encode_entry, encode_failure
 from tests.cache_contract import (
+    DANE_STATES,
+    POLICY_ENTRIES,
     CachePeer,
     PersistentCacheContract,
+    RecordKind,
+    assert_same,
     collect,
-    make_dane,
     make_entry,
     make_failure,
 )
@@ -39,7 +44,6 @@ except ImportError as exc:  # the `redis` extra is not installed
 
 from mtasts_fast.cache import create_cache  # noqa: E402
 from mtasts_fast.cache.redis import (  # noqa: E402
-    DANE_PREFIX,
     FAILURE_PREFIX,
     LEASE_PREFIX,
     META_KEY,
@@ -145,56 +149,69 @@ async def _open(cache: Cache) -> Cache:
 # The contract
 
 
-class TestRedisCache(PersistentCacheContract):
-    @pytest.fixture
-    async def cache(self, redis_server: RedisServer) -> AsyncIterator[Cache]:
-        redis_server.command("FLUSHALL")
-        _seed_old_daemon_keys(redis_server, db=3)  # the contract holds in a shared DB
-        self.options = _redis_options(redis_server, db=3)
-        cache = await _open(RedisCache(self.options))
-        yield cache
-        await cache.close()
+class RedisContract(PersistentCacheContract):
+    """A reopened cache, and a peer, are new clients with the same options."""
+
+    backend: Callable[[dict[str, Any]], Cache]
+    options: dict[str, Any]
+
+    async def _open_cache(self, server: RedisServer, db: int, options: dict[str, Any]) -> Cache:
+        server.command("FLUSHALL")
+        _seed_old_daemon_keys(server, db=db)  # the contract holds in a shared DB
+        self.options = options
+        return await _open(self.backend(options))
 
     async def reopen(self, cache: Cache) -> Cache:
         await cache.close()
-        return await _open(RedisCache(self.options))
+        return await _open(self.backend(self.options))
 
     async def open_peer(self, cache: Cache) -> CachePeer:
-        return await _open(RedisCache(self.options))  # another relay's client
+        return await _open(self.backend(self.options))  # another relay's client
 
 
-class TestRedisSentinelCache(PersistentCacheContract):
+class TestRedisCache(RedisContract):
+    backend = RedisCache
+
+    @pytest.fixture
+    async def cache(self, redis_server: RedisServer) -> AsyncIterator[Cache]:
+        cache = await self._open_cache(redis_server, 3, _redis_options(redis_server, db=3))
+        yield cache
+        await cache.close()
+
+
+class TestRedisSentinelCache(RedisContract):
+    backend = RedisSentinelCache
+
     @pytest.fixture
     async def cache(
         self, sentinel_group: tuple[RedisServer, RedisSentinel]
     ) -> AsyncIterator[Cache]:
         master, sentinel = sentinel_group
-        master.command("FLUSHALL")
-        _seed_old_daemon_keys(master, db=2)
-        self.options = _sentinel_options(sentinel, db=2)
-        cache = await _open(RedisSentinelCache(self.options))
+        cache = await self._open_cache(master, 2, _sentinel_options(sentinel, db=2))
         yield cache
         await cache.close()
-
-    async def reopen(self, cache: Cache) -> Cache:
-        await cache.close()
-        return await _open(RedisSentinelCache(self.options))
-
-    async def open_peer(self, cache: Cache) -> CachePeer:
-        return await _open(RedisSentinelCache(self.options))
 
 
 # --------------------------------------------------------------------------
 # Layout: our namespace, TTLs, foreign data
 
 
+@contextlib.asynccontextmanager
+async def _emptied(server: RedisServer, **options: Any) -> AsyncIterator[RedisCache]:
+    """A cache, with these client options, on ``server`` emptied first."""
+    server.command("FLUSHALL")
+    cache = RedisCache(_redis_options(server, **options))
+    await cache.setup()
+    try:
+        yield cache
+    finally:
+        await cache.close()
+
+
 @pytest.fixture
 async def cache(redis_server: RedisServer) -> AsyncIterator[RedisCache]:
-    redis_server.command("FLUSHALL")
-    cache = RedisCache(_redis_options(redis_server))
-    await cache.setup()
-    yield cache
-    await cache.close()
+    async with _emptied(redis_server) as cache:
+        yield cache
 
 
 def _seed_old_daemon_keys(server: RedisServer, db: int = 3) -> None:
@@ -213,42 +230,79 @@ def _foreign_state(server: RedisServer, db: int = 3) -> list[Any]:
     ]
 
 
-async def test_policy_key_layout(cache: RedisCache, redis_server: RedisServer) -> None:
-    entry = make_entry("example.com", fetched_at=time.time())
-    await cache.put(entry)
-    key = POLICY_PREFIX + b"example.com"
-    assert key == b"mtasts:policy:example.com"
+@dataclasses.dataclass(frozen=True)
+class Hashed:
+    """A kind of record kept as a hash under its own prefix: ``v`` its codec
+    bytes, ``c`` the time that decides which of two writes is newer, ``x`` its
+    expiry; the key's TTL keeps it RETENTION past that."""
+
+    kind: RecordKind
+    prefix: bytes
+    encode: Callable[[Any], bytes]
+    written_at: Callable[[Any], float]
+    counted: bool
+    """Whether prune and purge count them (policy entries only)."""
+
+
+HASHED = [
+    pytest.param(
+        Hashed(POLICY_ENTRIES, b"mtasts:policy:", encode_entry, lambda e: e.checked_at, True),
+        id="policy",
+    ),
+    pytest.param(
+        Hashed(DANE_STATES, b"mtasts:dane:", encode_dane, lambda s: s.evaluated_at, False),
+        id="dane-state",
+    ),
+]
+
+
+@pytest.mark.parametrize("hashed", HASHED)
+async def test_key_layout(cache: RedisCache, redis_server: RedisServer, hashed: Hashed) -> None:
+    record = hashed.kind.make_at("example.com", time.time() + 600.25)
+    await hashed.kind.put(cache, record)
+    key = hashed.prefix + b"example.com"
     assert redis_server.command("TYPE", key, db=3) == "hash"
     fields = redis_server.command("HGETALL", key, db=3)
     stored = dict(zip(fields[::2], fields[1::2], strict=True))
     assert sorted(stored) == [b"c", b"v", b"x"]
-    assert float(stored[b"c"]) == entry.checked_at
-    assert float(stored[b"x"]) == entry.expires_at
+    assert stored[b"v"] == hashed.encode(record)
+    assert float(stored[b"c"]) == hashed.written_at(record)
+    assert float(stored[b"x"]) == hashed.kind.indexed_at(record)
+    # Apart from the other kinds of the same domain.
+    assert redis_server.command("KEYS", "*", db=3) == [key]
 
 
 @pytest.mark.parametrize(
-    ("age", "max_age", "expected_ttl"),
+    ("expires_in", "expected_ttl"),
     [
-        pytest.param(0, 3600, 3600 + RETENTION, id="fresh-kept-until-expiry-plus-margin"),
-        pytest.param(3000, 3600, 600 + RETENTION, id="aged-kept-until-expiry-plus-margin"),
-        pytest.param(7200, 3600, RETENTION, id="expired-kept-margin-after-the-write"),
-        pytest.param(10**8, 3600, RETENTION, id="long-expired-kept-margin-after-the-write"),
+        pytest.param(3600, 3600 + RETENTION, id="fresh-kept-until-expiry-plus-margin"),
+        pytest.param(600, 600 + RETENTION, id="aged-kept-until-expiry-plus-margin"),
+        pytest.param(30, 30 + RETENTION, id="temp-retry-kept-until-expiry-plus-margin"),
+        pytest.param(-7200, RETENTION, id="expired-kept-margin-after-the-write"),
+        pytest.param(-(10**8), RETENTION, id="long-expired-kept-margin-after-the-write"),
     ],
 )
-async def test_policy_keys_expire(
-    cache: RedisCache, redis_server: RedisServer, age: int, max_age: int, expected_ttl: float
+@pytest.mark.parametrize("hashed", HASHED)
+async def test_keys_expire(
+    cache: RedisCache,
+    redis_server: RedisServer,
+    hashed: Hashed,
+    expires_in: int,
+    expected_ttl: float,
 ) -> None:
-    now = time.time()
-    await cache.put(make_entry("example.com", max_age=max_age, fetched_at=now - age))
-    ttl = redis_server.command("TTL", POLICY_PREFIX + b"example.com", db=3)
+    await hashed.kind.put(cache, hashed.kind.make_at("example.com", time.time() + expires_in))
+    ttl = redis_server.command("TTL", hashed.prefix + b"example.com", db=3)
     assert expected_ttl - 5 <= ttl <= expected_ttl + 2
 
 
-async def test_rewrite_moves_the_expiry(cache: RedisCache, redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("hashed", HASHED)
+async def test_rewrite_moves_the_expiry(
+    cache: RedisCache, redis_server: RedisServer, hashed: Hashed
+) -> None:
     now = time.time()
-    await cache.put(make_entry("example.com", max_age=600, fetched_at=now - 300))
-    await cache.put(make_entry("example.com", max_age=86400, fetched_at=now))
-    ttl = redis_server.command("TTL", POLICY_PREFIX + b"example.com", db=3)
+    await hashed.kind.put(cache, hashed.kind.make_at("example.com", now + 300))
+    await hashed.kind.put(cache, hashed.kind.make_at("example.com", now + 86400))
+    ttl = redis_server.command("TTL", hashed.prefix + b"example.com", db=3)
     assert 86400 + RETENTION - 5 <= ttl <= 86400 + RETENTION + 2
 
 
@@ -267,22 +321,28 @@ async def test_unreadable_proactive_ts_is_zero(
     assert await cache.get_proactive_ts() == 0.0
 
 
+@pytest.mark.parametrize("hashed", HASHED)
 async def test_foreign_keys_survive_everything(
-    cache: RedisCache, redis_server: RedisServer
+    cache: RedisCache, redis_server: RedisServer, hashed: Hashed
 ) -> None:
     _seed_old_daemon_keys(redis_server)
     before = _foreign_state(redis_server)
-    assert await cache.get("example.com") is None  # the old daemon's ZSET is not ours
+    kind = hashed.kind
+    names = ["_metadata", "example.com", "someone:else"]  # the foreign keys' names
+    assert await kind.get(cache, "example.com") is None  # the old daemon's ZSET is not ours
     now = time.time()
-    for name in ("example.com", "example.net", "_metadata"):
-        await cache.put(make_entry(name, max_age=10, fetched_at=now - 1000))
+    for name in names:
+        await kind.put(cache, kind.make_at(name, now - 990))
+    assert await kind.get(cache, "example.com") is not None
     seen = sorted(e.domain for batch in await collect(cache, 10) for e in batch)
-    assert seen == ["_metadata", "example.com", "example.net"]
-    assert await cache.prune(now) == 3
+    assert seen == (names if hashed.counted else [])
+    assert await cache.prune(now) == (3 if hashed.counted else 0)
+    assert await kind.get(cache, "example.com") is None  # pruned, counted or not
     assert _foreign_state(redis_server) == before
-    await cache.put(make_entry("example.com"))
-    assert await cache.purge() == 1
-    assert await cache.delete("example.com") is False
+    await kind.put(cache, kind.make("example.com"))
+    assert await cache.purge() == (1 if hashed.counted else 0)
+    assert await kind.get(cache, "example.com") is None
+    assert await kind.delete(cache, "example.com") is False
     assert _foreign_state(redis_server) == before
     assert redis_server.command("DBSIZE", db=3) == 3
 
@@ -305,105 +365,26 @@ async def test_other_databases_untouched(cache: RedisCache, redis_server: RedisS
         pytest.param(("HSET", "v", "not msgpack", "c", "9e99"), False, id="hash-newer-format"),
     ],
 )
+@pytest.mark.parametrize("hashed", HASHED)
 async def test_junk_under_our_prefix_reads_as_missing(
-    cache: RedisCache, redis_server: RedisServer, junk: tuple[str, ...], replaced: bool
+    cache: RedisCache,
+    redis_server: RedisServer,
+    hashed: Hashed,
+    junk: tuple[str, ...],
+    replaced: bool,
 ) -> None:
     command, *args = junk
-    redis_server.command(command, POLICY_PREFIX + b"junk.example", *args, db=3)
+    kind = hashed.kind
+    redis_server.command(command, hashed.prefix + b"junk.example", *args, db=3)
     await cache.put(make_entry("good.example"))
-    assert await cache.get("junk.example") is None
+    assert await kind.get(cache, "junk.example") is None
     assert [e.domain for batch in await collect(cache, 10) for e in batch] == ["good.example"]
     assert await cache.prune(time.time() + 10**9) == 1  # only the entry with an expiry
-    entry = make_entry("junk.example")
-    await cache.put(entry)
-    got = await cache.get("junk.example")
+    record = kind.make("junk.example")
+    await kind.put(cache, record)
+    got = await kind.get(cache, "junk.example")
     if replaced:
-        assert got is not None
-        assert got.same_as(entry)
-    else:
-        assert got is None
-
-
-async def test_dane_key_layout(cache: RedisCache, redis_server: RedisServer) -> None:
-    state = make_dane("example.com", evaluated_at=time.time() - 0.5, ttl=600.25)
-    await cache.put_dane(state)
-    key = DANE_PREFIX + b"example.com"
-    assert key == b"mtasts:dane:example.com"
-    assert redis_server.command("TYPE", key, db=3) == "hash"
-    fields = redis_server.command("HGETALL", key, db=3)
-    stored = dict(zip(fields[::2], fields[1::2], strict=True))
-    assert stored[b"v"] == encode_dane(state)
-    assert float(stored[b"c"]) == state.evaluated_at
-    assert float(stored[b"x"]) == state.expires_at
-    # Apart from the policy of the same domain.
-    assert redis_server.command("EXISTS", POLICY_PREFIX + b"example.com", db=3) == 0
-
-
-@pytest.mark.parametrize(
-    ("expires_in", "expected_ttl"),
-    [
-        pytest.param(3600, 3600 + RETENTION, id="fresh-kept-until-expiry-plus-margin"),
-        pytest.param(30, 30 + RETENTION, id="temp-retry-kept-until-expiry-plus-margin"),
-        pytest.param(-7200, RETENTION, id="expired-kept-margin-after-the-write"),
-    ],
-)
-async def test_dane_keys_expire(
-    cache: RedisCache, redis_server: RedisServer, expires_in: int, expected_ttl: float
-) -> None:
-    now = time.time()
-    await cache.put_dane(make_dane("example.com", evaluated_at=now, expires_at=now + expires_in))
-    ttl = redis_server.command("TTL", DANE_PREFIX + b"example.com", db=3)
-    assert expected_ttl - 5 <= ttl <= expected_ttl + 2
-
-
-async def test_dane_rewrite_moves_the_expiry(cache: RedisCache, redis_server: RedisServer) -> None:
-    now = time.time()
-    await cache.put_dane(make_dane("example.com", evaluated_at=now - 10, ttl=60))
-    await cache.put_dane(make_dane("example.com", evaluated_at=now, ttl=86400))
-    ttl = redis_server.command("TTL", DANE_PREFIX + b"example.com", db=3)
-    assert 86400 + RETENTION - 5 <= ttl <= 86400 + RETENTION + 2
-
-
-async def test_dane_states_leave_foreign_keys_alone(
-    cache: RedisCache, redis_server: RedisServer
-) -> None:
-    _seed_old_daemon_keys(redis_server)
-    before = _foreign_state(redis_server)
-    now = time.time()
-    for name in ("example.com", "_metadata", "someone:else"):
-        await cache.put_dane(make_dane(name, evaluated_at=now - 1000, ttl=10))
-    assert await cache.get_dane("example.com") is not None
-    assert await cache.prune(now) == 0  # states are not counted...
-    assert await cache.get_dane("example.com") is None  # ...but pruned
-    await cache.put_dane(make_dane("example.com"))
-    assert await cache.purge() == 0
-    assert await cache.get_dane("example.com") is None
-    assert await cache.delete_dane("example.com") is False
-    assert _foreign_state(redis_server) == before
-    assert redis_server.command("DBSIZE", db=3) == 3
-
-
-@pytest.mark.parametrize(
-    ("junk", "replaced"),
-    [
-        pytest.param(("SET", "text"), True, id="string-key"),
-        pytest.param(("HSET", "other", "field"), True, id="hash-without-our-fields"),
-        # A readable, later `c` means a newer writer (another format): kept.
-        pytest.param(("HSET", "v", "not msgpack", "c", "9e99"), False, id="hash-newer-format"),
-    ],
-)
-async def test_junk_under_the_dane_prefix_reads_as_missing(
-    cache: RedisCache, redis_server: RedisServer, junk: tuple[str, ...], replaced: bool
-) -> None:
-    command, *args = junk
-    redis_server.command(command, DANE_PREFIX + b"junk.example", *args, db=3)
-    assert await cache.get_dane("junk.example") is None
-    state = make_dane("junk.example")
-    await cache.put_dane(state)
-    got = await cache.get_dane("junk.example")
-    if replaced:
-        assert got is not None
-        assert got.same_as(state)
+        assert_same(got, record)
     else:
         assert got is None
 
@@ -539,24 +520,14 @@ async def test_scan_rejects_empty_batches(cache: RedisCache) -> None:
 
 
 async def test_binary_safe_even_if_asked_to_decode(redis_server: RedisServer) -> None:
-    redis_server.command("FLUSHALL")
-    cache = RedisCache(_redis_options(redis_server, decode_responses=True, encoding="latin-1"))
-    await cache.setup()
-    try:
+    async with _emptied(redis_server, decode_responses=True, encoding="latin-1") as cache:
         entry = make_entry("example.com")
         await cache.put(entry)
-        got = await cache.get("example.com")
-        assert got is not None
-        assert got.same_as(entry)
-    finally:
-        await cache.close()
+        assert_same(await cache.get("example.com"), entry)
 
 
 async def test_resp3_protocol(redis_server: RedisServer) -> None:
-    redis_server.command("FLUSHALL")
-    cache = RedisCache(_redis_options(redis_server, protocol=3))
-    await cache.setup()
-    try:
+    async with _emptied(redis_server, protocol=3) as cache:
         entries = [make_entry(f"d{i}.example") for i in range(5)]
         for entry in entries:
             await cache.put(entry)
@@ -567,25 +538,18 @@ async def test_resp3_protocol(redis_server: RedisServer) -> None:
         assert got is not None
         assert got.same_as(entries[0])
         assert await cache.prune(time.time() + 10**9) == 5
-    finally:
-        await cache.close()
 
 
 async def test_bursts_wait_for_a_free_connection(redis_server: RedisServer) -> None:
     # redis-py refuses a command outright when its pool is exhausted; a
     # burst of lookups must queue for a connection instead.
-    redis_server.command("FLUSHALL")
-    cache = RedisCache(_redis_options(redis_server, max_connections=2))
-    await cache.setup()
-    try:
+    async with _emptied(redis_server, max_connections=2) as cache:
         async with asyncio.TaskGroup() as group:
             for i in range(50):
                 group.create_task(cache.put(make_entry(f"d{i}.example")))
         async with asyncio.TaskGroup() as group:
             reads = [group.create_task(cache.get(f"d{i}.example")) for i in range(50)]
         assert all(read.result() is not None for read in reads)
-    finally:
-        await cache.close()
 
 
 async def test_unix_socket_url(tmp_path: Path) -> None:
@@ -609,12 +573,7 @@ async def test_unix_socket_url(tmp_path: Path) -> None:
 
 
 async def test_newer_checked_at_wins_whoever_writes_last(redis_server: RedisServer) -> None:
-    redis_server.command("FLUSHALL")
-    first = RedisCache(_redis_options(redis_server))
-    second = RedisCache(_redis_options(redis_server))
-    await first.setup()
-    await second.setup()
-    try:
+    async with _emptied(redis_server) as first, _emptied(redis_server) as second:
         await first.put(make_entry("example.com", pid="first", fetched_at=2000.0))
         await second.put(make_entry("example.com", pid="stale", fetched_at=1000.0))
         got = await second.get("example.com")
@@ -629,17 +588,14 @@ async def test_newer_checked_at_wins_whoever_writes_last(redis_server: RedisServ
         got = await second.get("example.com")
         assert got is not None
         assert got.policy_id == "tie"
-    finally:
-        await first.close()
-        await second.close()
 
 
 async def test_concurrent_writers_keep_the_newest(redis_server: RedisServer) -> None:
-    redis_server.command("FLUSHALL")
-    caches = [RedisCache(_redis_options(redis_server, max_connections=20)) for _ in range(3)]
-    for cache in caches:
-        await cache.setup()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        caches = [
+            await stack.enter_async_context(_emptied(redis_server, max_connections=20))
+            for _ in range(3)
+        ]
         stamps = [1000.0 + (i * 7919) % 400 for i in range(400)]  # shuffled, 0..399
         async with asyncio.TaskGroup() as group:
             for i, ts in enumerate(stamps):
@@ -649,9 +605,6 @@ async def test_concurrent_writers_keep_the_newest(redis_server: RedisServer) -> 
         assert got is not None
         assert got.checked_at == max(stamps)
         assert got.policy_id == f"p{max(stamps)}"
-    finally:
-        for cache in caches:
-            await cache.close()
 
 
 # --------------------------------------------------------------------------
@@ -668,6 +621,24 @@ async def _raises_unavailable_quickly(
     return info.value
 
 
+@pytest.fixture
+async def short_cache(own_redis: RedisServer) -> AsyncIterator[RedisCache]:
+    """A cache on the test's own server, its timeouts short so that an outage shows at once."""
+    cache = RedisCache(_redis_options(own_redis, timeouts=SHORT))
+    await cache.setup()
+    yield cache
+    await cache.close()
+
+
+async def _serves_again(cache: Cache) -> None:
+    """The server is back, empty: the same cache object works straight away
+    (a dead pooled connection is noticed and replaced)."""
+    assert await cache.get("example.com") is None
+    entry = make_entry("example.com")
+    await cache.put(entry)
+    assert_same(await cache.get("example.com"), entry)
+
+
 async def test_server_down_at_setup_then_up(own_redis: RedisServer) -> None:
     own_redis.kill()
     cache = RedisCache(_redis_options(own_redis, timeouts=SHORT))
@@ -676,74 +647,61 @@ async def test_server_down_at_setup_then_up(own_redis: RedisServer) -> None:
         error = await _raises_unavailable_quickly(lambda: cache.get("example.com"))
         assert isinstance(error.__cause__, redis.exceptions.ConnectionError)
         own_redis.start()
-        assert await cache.get("example.com") is None
-        await cache.put(make_entry("example.com"))
-        assert await cache.get("example.com") is not None
+        await _serves_again(cache)
     finally:
         await cache.close()
 
 
-async def test_killed_server_then_restarted(own_redis: RedisServer) -> None:
-    cache = RedisCache(_redis_options(own_redis, timeouts=SHORT))
-    await cache.setup()
+async def test_killed_server_then_restarted(
+    own_redis: RedisServer, short_cache: RedisCache
+) -> None:
+    cache = short_cache
+    await cache.put(make_entry("example.com"))
+    own_redis.kill()
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: cache.get("example.com"),
+        lambda: cache.put(make_entry("example.net")),
+        lambda: cache.delete("example.com"),
+        lambda: collect(cache, 10),
+        cache.purge,
+        lambda: cache.prune(time.time()),
+        cache.get_proactive_ts,
+        lambda: cache.set_proactive_ts(1.0),
+        lambda: cache.get_failure("example.com"),
+        lambda: cache.put_failure(make_failure("example.com")),
+        lambda: cache.delete_failure("example.com"),
+        lambda: cache.acquire_lease("refresh", "a", 60),
+        lambda: cache.release_lease("refresh", "a"),
+    ]
+    for call in calls:
+        await _raises_unavailable_quickly(call)
+    own_redis.start()  # same port, no persistence: an empty server
+    await _serves_again(cache)
+
+
+async def test_frozen_server_times_out_then_recovers(
+    own_redis: RedisServer, short_cache: RedisCache
+) -> None:
+    cache = short_cache
+    await cache.put(make_entry("example.com"))
+    own_redis.pause()
     try:
-        await cache.put(make_entry("example.com"))
-        own_redis.kill()
         calls: list[Callable[[], Awaitable[object]]] = [
             lambda: cache.get("example.com"),
             lambda: cache.put(make_entry("example.net")),
-            lambda: cache.delete("example.com"),
-            lambda: collect(cache, 10),
-            cache.purge,
-            lambda: cache.prune(time.time()),
-            cache.get_proactive_ts,
-            lambda: cache.set_proactive_ts(1.0),
-            lambda: cache.get_failure("example.com"),
-            lambda: cache.put_failure(make_failure("example.com")),
-            lambda: cache.delete_failure("example.com"),
-            lambda: cache.acquire_lease("refresh", "a", 60),
-            lambda: cache.release_lease("refresh", "a"),
         ]
         for call in calls:
-            await _raises_unavailable_quickly(call)
-        own_redis.start()  # same port, no persistence: an empty server
-        # The same object, straight away: the dead pooled connection is
-        # noticed and replaced.
-        assert await cache.get("example.com") is None
-        entry = make_entry("example.com")
-        await cache.put(entry)
-        got = await cache.get("example.com")
-        assert got is not None
-        assert got.same_as(entry)
+            started = time.monotonic()
+            with pytest.raises(CacheUnavailable):
+                await call()
+            elapsed = time.monotonic() - started
+            assert SHORT["socket_timeout"] * 0.8 <= elapsed < 3.0
     finally:
-        await cache.close()
-
-
-async def test_frozen_server_times_out_then_recovers(own_redis: RedisServer) -> None:
-    cache = RedisCache(_redis_options(own_redis, timeouts=SHORT))
-    await cache.setup()
-    try:
-        await cache.put(make_entry("example.com"))
-        own_redis.pause()
-        try:
-            calls: list[Callable[[], Awaitable[object]]] = [
-                lambda: cache.get("example.com"),
-                lambda: cache.put(make_entry("example.net")),
-            ]
-            for call in calls:
-                started = time.monotonic()
-                with pytest.raises(CacheUnavailable):
-                    await call()
-                elapsed = time.monotonic() - started
-                assert SHORT["socket_timeout"] * 0.8 <= elapsed < 3.0
-        finally:
-            own_redis.resume()
-        got = await cache.get("example.com")
-        assert got is not None
-        await cache.put(make_entry("example.net"))
-        assert await cache.get("example.net") is not None
-    finally:
-        await cache.close()
+        own_redis.resume()
+    # Frozen, not restarted: what it held is still there.
+    assert await cache.get("example.com") is not None
+    await cache.put(make_entry("example.net"))
+    assert await cache.get("example.net") is not None
 
 
 async def test_sentinel_master_down_then_back(tmp_path: Path) -> None:
@@ -911,8 +869,6 @@ async def test_factory_builds_working_caches(
         try:
             entry = make_entry("example.com")
             await cache.put(entry)
-            got = await cache.get("example.com")
-            assert got is not None
-            assert got.same_as(entry)
+            assert_same(await cache.get("example.com"), entry)
         finally:
             await cache.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import sqlite3
 import stat
@@ -19,7 +18,6 @@ import pytest
 
 from mtasts_fast.cache import create_cache
 from mtasts_fast.cache.base import Cache, CacheUnavailable
-from mtasts_fast.cache.codec import encode_dane, encode_entry, encode_failure
 from mtasts_fast.cache.sqlite import FILE_MODE, SqliteCache
 from mtasts_fast.config import Config
 from tests.cache_contract import (
@@ -30,16 +28,9 @@ from tests.cache_contract import (
     make_entry,
     make_failure,
 )
+from tests.sql_contract import SqlTablesContract
 
 pytestmark = pytest.mark.usefixtures("collect_garbage")
-
-
-@pytest.fixture
-async def collect_garbage(loop_guard: list[dict[str, Any]]) -> AsyncIterator[None]:
-    """Collect garbage while the loop still runs, so that loop_guard also sees
-    futures whose exception nobody retrieved (reported when they are freed)."""
-    yield
-    gc.collect()
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,6 +243,7 @@ async def test_closed_cache_is_unavailable(tmp_path: Path) -> None:
 
 # --- rows ------------------------------------------------------------------------
 
+# postgresql-mta-sts-resolver's table, left alone beside ours.
 OLD_SCHEMA = (
     "CREATE TABLE proactive_fetch_ts (id integer primary key, last_fetch_ts integer)",
     "CREATE TABLE sts_policy_cache (domain text, ts integer, pol_id text, pol_body text)",
@@ -261,82 +253,6 @@ OLD_SCHEMA = (
     "INSERT INTO sts_policy_cache VALUES ('example.com', 0, 'old', '{\"mode\": \"enforce\"}')",
     "INSERT INTO sts_policy_cache VALUES ('other.example', 0, 'old', '{}')",
 )
-
-
-def old_rows(path: Path) -> list[Any]:
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        return (
-            conn.execute("SELECT * FROM sts_policy_cache ORDER BY domain").fetchall()
-            + conn.execute("SELECT * FROM proactive_fetch_ts").fetchall()
-        )
-
-
-def our_domains(path: Path) -> list[str]:
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        return [r[0] for r in conn.execute("SELECT domain FROM mtasts_policy ORDER BY domain")]
-
-
-async def test_rows_are_pruned_and_the_old_daemons_table_is_left_alone(tmp_path: Path) -> None:
-    path = tmp_path / "cache.db"
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        for statement in OLD_SCHEMA:
-            conn.execute(statement)
-        conn.commit()
-    before = old_rows(path)
-    cache = await open_cache(path)
-    try:
-        now = time.time()
-        await cache.put(make_entry("example.com", max_age=10, fetched_at=now - 1000))
-        await cache.put(make_entry("fresh.example", fetched_at=now))
-        await cache.set_proactive_ts(now)
-        assert await cache.prune(now - 500) == 1
-        assert our_domains(path) == ["fresh.example"]  # deleted, not just hidden
-        assert await cache.delete("other.example") is False
-        assert await cache.purge() == 1
-        assert our_domains(path) == []
-    finally:
-        await cache.close()
-    assert old_rows(path) == before
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param(b"\xc1garbage", id="not-msgpack"),
-        pytest.param(b"\x93\x02\x01\x02", id="other-format"),
-        pytest.param("text, not bytes", id="text-value"),
-        pytest.param(42, id="integer-value"),
-    ],
-)
-async def test_rows_that_do_not_decode_read_as_missing(tmp_path: Path, value: object) -> None:
-    path = tmp_path / "cache.db"
-    cache = await open_cache(path)
-    try:
-        await cache.put(make_entry("good.example"))
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            conn.execute("INSERT INTO mtasts_policy VALUES ('bad.example', 0, 0, ?)", (value,))
-            conn.commit()
-        assert await cache.get("bad.example") is None
-        batches = await collect(cache, 1)
-        assert [[e.domain for e in b] for b in batches] == [["good.example"]]
-        # A good write replaces the bad row.
-        await cache.put(make_entry("bad.example"))
-        assert await cache.get("bad.example") is not None
-    finally:
-        await cache.close()
-
-
-async def test_stored_value_is_the_codec_bytes(tmp_path: Path) -> None:
-    path = tmp_path / "cache.db"
-    entry = make_entry("example.com", fetched_at=1000.0, checked_at=1500.0, max_age=60)
-    cache = await open_cache(path)
-    try:
-        await cache.put(entry)
-    finally:
-        await cache.close()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        row = conn.execute("SELECT checked_at, expires_at, entry FROM mtasts_policy").fetchone()
-    assert row == (1500.0, 1060.0, encode_entry(entry))
 
 
 # The tables of the first release, before failure records and leases.
@@ -352,75 +268,20 @@ FIRST_RELEASE_SCHEMA = (
 )
 
 
-async def test_file_of_the_first_release_gets_the_new_tables(tmp_path: Path) -> None:
+async def test_stored_lease_row(tmp_path: Path) -> None:
     path = tmp_path / "cache.db"
-    entry = make_entry("old.example", fetched_at=1000.0, checked_at=1500.0)
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        for statement in FIRST_RELEASE_SCHEMA:
-            conn.execute(statement)
-        conn.execute(
-            "INSERT INTO mtasts_policy VALUES (?, ?, ?, ?)",
-            ("old.example", 1500.0, entry.expires_at, encode_entry(entry)),
-        )
-        conn.commit()
-    failure = make_failure("example.net")
     cache = await open_cache(path)
     try:
-        got = await cache.get("old.example")
-        assert got is not None
-        assert got.same_as(entry)
-        await cache.put_failure(failure)
-        assert await cache.get_failure("example.net") == failure
-        assert await cache.acquire_lease("refresh", "a", 60)
-    finally:
-        await cache.close()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"mtasts_failures", "mtasts_failures_retry_at", "mtasts_leases"} <= names
-
-
-async def test_stored_failure_and_lease_rows(tmp_path: Path) -> None:
-    path = tmp_path / "cache.db"
-    failure = make_failure("example.com", retry_at=time.time() + 300.5)
-    cache = await open_cache(path)
-    try:
-        await cache.put_failure(failure)
         before = time.time()
         assert await cache.acquire_lease("refresh", "host-1:42", 60.0)
         after = time.time()
     finally:
         await cache.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        failures = conn.execute("SELECT domain, data, retry_at FROM mtasts_failures").fetchall()
         leases = conn.execute("SELECT name, owner, expires_at FROM mtasts_leases").fetchall()
-    assert failures == [("example.com", encode_failure(failure), failure.retry_at)]
     [(name, owner, expires_at)] = leases
     assert (name, owner) == ("refresh", "host-1:42")
     assert before + 60.0 <= expires_at <= after + 60.0  # wall-clock seconds
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param(b"\xc1garbage", id="not-msgpack"),
-        pytest.param("text, not bytes", id="text-value"),
-    ],
-)
-async def test_failure_rows_that_do_not_decode_read_as_missing(
-    tmp_path: Path, value: object
-) -> None:
-    path = tmp_path / "cache.db"
-    cache = await open_cache(path)
-    try:
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            conn.execute("INSERT INTO mtasts_failures VALUES ('bad.example', ?, 0)", (value,))
-            conn.commit()
-        assert await cache.get_failure("bad.example") is None
-        failure = make_failure("bad.example")
-        await cache.put_failure(failure)
-        assert await cache.get_failure("bad.example") == failure
-    finally:
-        await cache.close()
 
 
 # The tables of the previous release, before DANE states.
@@ -440,77 +301,44 @@ PREVIOUS_RELEASE_SCHEMA = (
 )
 
 
-async def test_file_of_the_previous_release_gets_the_dane_table(tmp_path: Path) -> None:
-    path = tmp_path / "cache.db"
-    entry = make_entry("old.example", fetched_at=1000.0, checked_at=1500.0)
-    failure = make_failure("old.example")
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        for statement in PREVIOUS_RELEASE_SCHEMA:
-            conn.execute(statement)
-        conn.execute(
-            "INSERT INTO mtasts_policy VALUES (?, ?, ?, ?)",
-            ("old.example", 1500.0, entry.expires_at, encode_entry(entry)),
-        )
-        conn.execute(
-            "INSERT INTO mtasts_failures VALUES (?, ?, ?)",
-            ("old.example", encode_failure(failure), failure.retry_at),
-        )
-        conn.commit()
-    state = make_dane("old.example")
-    cache = await open_cache(path)
-    try:
-        got = await cache.get("old.example")
-        assert got is not None
-        assert got.same_as(entry)
-        assert await cache.get_failure("old.example") == failure
-        assert await cache.get_dane("old.example") is None
-        await cache.put_dane(state)
-        got_state = await cache.get_dane("old.example")
-        assert got_state is not None
-        assert got_state.same_as(state)
-    finally:
-        await cache.close()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"mtasts_dane", "mtasts_dane_expires_at"} <= names
+class TestSqliteTables(SqlTablesContract):
+    old_daemon_schema = OLD_SCHEMA
+    old_daemon_rows = (
+        "SELECT domain, ts, pol_id, pol_body FROM sts_policy_cache"
+        " UNION ALL SELECT 'ts', last_fetch_ts, NULL, NULL FROM proactive_fetch_ts ORDER BY 1"
+    )
+    first_release_schema = FIRST_RELEASE_SCHEMA
+    previous_release_schema = PREVIOUS_RELEASE_SCHEMA
 
+    @pytest.fixture(autouse=True)
+    def _file(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "cache.db"
 
-async def test_stored_dane_row(tmp_path: Path) -> None:
-    path = tmp_path / "cache.db"
-    state = make_dane("example.com", evaluated_at=1000.25, ttl=300.5)
-    cache = await open_cache(path)
-    try:
-        await cache.put_dane(state)
-    finally:
-        await cache.close()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        rows = conn.execute("SELECT domain, evaluated_at, expires_at, state FROM mtasts_dane")
-        assert rows.fetchall() == [("example.com", 1000.25, 1300.75, encode_dane(state))]
+    @pytest.fixture(
+        params=[
+            pytest.param(b"\xc1garbage", id="not-msgpack"),
+            pytest.param(b"\x93\x02\x01\x02", id="other-format"),
+            pytest.param("text, not bytes", id="text-value"),
+            pytest.param(42, id="integer-value"),
+        ]
+    )
+    def undecodable(self, request: pytest.FixtureRequest) -> object:
+        return request.param
 
+    async def open_cache(self) -> Cache:
+        return await open_cache(self.path)
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param(b"\xc1garbage", id="not-msgpack"),
-        pytest.param(b"\x93\x02\x01\x02", id="other-format"),
-        pytest.param("text, not bytes", id="text-value"),
-    ],
-)
-async def test_dane_rows_that_do_not_decode_read_as_missing(tmp_path: Path, value: object) -> None:
-    path = tmp_path / "cache.db"
-    cache = await open_cache(path)
-    try:
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            conn.execute("INSERT INTO mtasts_dane VALUES ('bad.example', 0, 0, ?)", (value,))
+    async def execute(self, sql: str, *args: object) -> None:
+        with contextlib.closing(sqlite3.connect(self.path)) as conn:
+            conn.execute(sql, args)
             conn.commit()
-        assert await cache.get_dane("bad.example") is None
-        state = make_dane("bad.example")
-        await cache.put_dane(state)
-        got = await cache.get_dane("bad.example")
-        assert got is not None
-        assert got.same_as(state)
-    finally:
-        await cache.close()
+
+    async def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(self.path)) as conn:
+            return conn.execute(sql).fetchall()
+
+    async def relations(self) -> set[str]:
+        return {name for (name,) in await self.fetch("SELECT name FROM sqlite_master")}
 
 
 # --- several workers on one file -------------------------------------------------

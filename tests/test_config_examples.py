@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import copy
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from tests.servers.postgres import PostgresServer, PostgresUnavailable
 from tests.servers.redis import RedisSentinel, RedisServer, RedisUnavailable
 from tests.servers.world import World
 from tests.socketmap import free_port
-from tests.test_workers import GOOD, READY_LINE, Daemon, ask
+from tests.test_workers import GOOD, Daemon, Started, ask
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "config_examples"
 EXAMPLES = sorted([*EXAMPLES_DIR.glob("*.yml"), *EXAMPLES_DIR.glob("*.yaml")])
@@ -221,7 +220,7 @@ def run_example(
     world: World, tmp_path: Path, backends: Backends
 ) -> Iterator[Callable[[Path], Daemon]]:
     """``run_example(path)`` starts the daemon with that example, adapted, and waits for it."""
-    started: list[Daemon] = []
+    started = Started()
 
     def _start(example: Path) -> Daemon:
         settings = _adapt(_load(example), world, tmp_path, backends)
@@ -233,25 +232,10 @@ def run_example(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        daemon = Daemon(proc, config, settings)
-        started.append(daemon)
-        daemon.wait_for(READY_LINE, timeout=30)
-        return daemon
+        return started.add(proc, config, settings, timeout=30)
 
     yield _start
-    for daemon in started:
-        workers: set[int] = set()
-        if daemon.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                workers = daemon.worker_pids()
-            daemon.proc.kill()
-        daemon.proc.wait()
-        for pid in workers:  # they stop without their supervisor; make sure
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        daemon.drain()
-        if daemon.proc.stdout is not None:
-            daemon.proc.stdout.close()
+    started.end()
 
 
 def _check_answers(daemon: Daemon) -> None:

@@ -12,28 +12,14 @@ from hypothesis import strategies as st
 
 from mtasts_fast import _compat, counters
 from mtasts_fast.counters import CounterArrayPy
+from tests.twins import compiled, twin_fixture
 
 
 def _c_class() -> type:
-    if counters.CounterArrayC is None:
-        if _compat.REQUIRE_EXTENSIONS:
-            pytest.fail("mtasts_fast._counters is not built but MTASTS_REQUIRE_EXTENSIONS is set")
-        pytest.skip("mtasts_fast._counters is not built or MTASTS_NO_EXTENSIONS=1")
-    return counters.CounterArrayC
+    return compiled("_counters", counters.CounterArrayC)
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(
-            "c",
-            id="c",
-            marks=pytest.mark.skipif(_compat.NO_EXTENSIONS, reason="MTASTS_NO_EXTENSIONS=1"),
-        ),
-        pytest.param("py", id="py"),
-    ]
-)
-def array_class(request: pytest.FixtureRequest) -> type:
-    return CounterArrayPy if request.param == "py" else _c_class()
+array_class = twin_fixture("_counters", lambda: CounterArrayPy, lambda: counters.CounterArrayC)
 
 
 def test_public_name_follows_the_switch() -> None:

@@ -19,14 +19,11 @@ from typing import Any
 import pytest
 
 from mtasts_fast import defaults
-from mtasts_fast.cache import CacheUnavailable
-from mtasts_fast.cache.base import CacheEntry
-from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.dane.resolver import parse_servers
 from mtasts_fast.dane.state import DANE_ONLY, NO_DANE, TEMP, DaneHost, DaneState
 from tests.dane_world import PROBE_NAME, DaneWorld, Extra, Silent
 from tests.servers.dnssec import DaneCase
-from tests.socketmap import Running, enforce, frame, start_daemon
+from tests.socketmap import DownCache, Running, enforce, frame, start_daemon
 
 pytestmark = pytest.mark.both_loops
 
@@ -305,38 +302,10 @@ async def test_temp_is_retried_with_backoff(dane_world: DaneWorld, tmp_path: Pat
         await daemon.stop()
 
 
-class _DownCache(InternalCache):
-    """A shared backend that is down: every call fails (as test_server.py's)."""
-
-    def get_nowait(self, domain: str) -> CacheEntry | None:
-        raise CacheUnavailable("connection refused")
-
-    async def get(self, domain: str) -> CacheEntry | None:
-        raise CacheUnavailable("connection refused")
-
-    async def put(self, entry: CacheEntry) -> None:
-        raise CacheUnavailable("connection refused")
-
-    async def get_failure(self, domain: str) -> Any:
-        raise CacheUnavailable("connection refused")
-
-    async def put_failure(self, failure: Any) -> None:
-        raise CacheUnavailable("connection refused")
-
-    def get_dane_nowait(self, domain: str) -> DaneState | None:
-        raise CacheUnavailable("connection refused")
-
-    async def get_dane(self, domain: str) -> DaneState | None:
-        raise CacheUnavailable("connection refused")
-
-    async def put_dane(self, state: DaneState) -> None:
-        raise CacheUnavailable("connection refused")
-
-
 async def test_backend_down_uses_the_in_process_fallback(
     dane_world: DaneWorld, tmp_path: Path
 ) -> None:
-    daemon = await _daemon(dane_world, tmp_path, cache=_DownCache(100))
+    daemon = await _daemon(dane_world, tmp_path, cache=DownCache(100))
     try:
         dane = daemon.responder.dane
         assert dane is not None

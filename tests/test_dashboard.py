@@ -7,20 +7,17 @@ real Prometheus scraping a real daemon in test_metrics_daemon.py.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from mtasts_fast.metrics import catalogue as cat
+from tests.servers.prometheus import promtool
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "contrib" / "grafana-dashboard.json"
-REQUIRE_ALL = os.environ.get("MTASTS_REQUIRE_ALL", "").strip() not in ("", "0")
 # What Grafana puts in place of its variables before it sends a query.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
 
@@ -84,13 +81,6 @@ def test_every_label_the_dashboard_uses_exists() -> None:
 
 
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if REQUIRE_ALL:
-            pytest.fail(
-                "promtool missing (Debian package prometheus) and MTASTS_REQUIRE_ALL is set"
-            )
-        pytest.skip("promtool not installed (Debian package prometheus)")
     rules = {
         "groups": [
             {
@@ -105,7 +95,7 @@ def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rules))
     result = subprocess.run(
-        [promtool, "check", "rules", str(path)],
+        [promtool(), "check", "rules", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiodns
@@ -35,16 +34,6 @@ def _no_proxy_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
     # The fetcher honours https_proxy; the tests decide whether there is one.
     for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def fetcher(world: World) -> AsyncIterator[PolicyFetcher]:
-    instance = PolicyFetcher(nameservers=[world.nameserver], ca_file=world.ca_file)
-    await instance.start()
-    try:
-        yield instance
-    finally:
-        await instance.close()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,16 +285,6 @@ def hostile(world: World) -> dict[str, str]:
 
 
 # --- fetcher level: classification, time and memory, case by case --------------------------
-
-
-@pytest.fixture
-async def fetcher(world: World) -> AsyncIterator[PolicyFetcher]:
-    instance = PolicyFetcher(nameservers=[world.nameserver], ca_file=world.ca_file)
-    await instance.start()
-    try:
-        yield instance
-    finally:
-        await instance.close()
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import NamedTuple
@@ -12,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtasts_fast import _compat, matcher
+from tests.twins import compiled, twin_fixture
 
 
 class Impl(NamedTuple):
@@ -36,18 +36,16 @@ def _compiled() -> ModuleType | None:
     try:
         from mtasts_fast import _matcher
     except ImportError:
-        if os.environ.get("MTASTS_REQUIRE_EXTENSIONS", "").strip() not in ("", "0"):
+        if _compat.REQUIRE_EXTENSIONS:
             raise
         return None
     return _matcher
 
 
-def _c_impl() -> Impl:
+def _c_impl() -> Impl | None:
     module = _compiled()
     if module is None:
-        if _compat.REQUIRE_EXTENSIONS:
-            pytest.fail("mtasts_fast._matcher is not built but MTASTS_REQUIRE_EXTENSIONS is set")
-        pytest.skip("mtasts_fast._matcher is not built or MTASTS_NO_EXTENSIONS=1")
+        return None
     return Impl(
         module.is_valid_hostname,
         module.is_valid_mx_pattern,
@@ -56,25 +54,14 @@ def _c_impl() -> Impl:
     )
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(
-            "c",
-            id="c",
-            marks=pytest.mark.skipif(_compat.NO_EXTENSIONS, reason="MTASTS_NO_EXTENSIONS=1"),
-        ),
-        pytest.param("py", id="py"),
-    ]
-)
-def impl(request: pytest.FixtureRequest) -> Impl:
-    return PY if request.param == "py" else _c_impl()
+impl = twin_fixture("_matcher", lambda: PY, _c_impl)
 
 
 def test_public_names_follow_the_switch() -> None:
     module = _compiled()
     if module is None:
         if not _compat.NO_EXTENSIONS:
-            _c_impl()  # fails or skips with the reason
+            compiled("_matcher", module)  # fails or skips with the reason
         assert matcher.is_valid_hostname is matcher.is_valid_hostname_py
         assert matcher.is_valid_mx_pattern is matcher.is_valid_mx_pattern_py
         assert matcher.mx_matches is matcher.mx_matches_py
@@ -244,11 +231,7 @@ _ANY = st.one_of(_HOSTISH, st.text(max_size=20))
 
 
 def _require_compiled() -> ModuleType:
-    module = _compiled()
-    if module is None:
-        _c_impl()
-    assert module is not None
-    return module
+    return compiled("_matcher", _compiled())
 
 
 @settings(max_examples=1000, deadline=None)

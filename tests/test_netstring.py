@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 
 from mtasts_fast import _compat, netstring
 from mtasts_fast.errors import BadLength, BadTerminator, NetstringError, TooLong
+from tests.twins import compiled, twin_fixture
 
 
 class Impl(NamedTuple):
@@ -20,30 +20,15 @@ class Impl(NamedTuple):
     encode: Callable[[bytes], bytes]
 
 
-def _compiled_missing() -> None:
-    if os.environ.get("MTASTS_REQUIRE_EXTENSIONS", "").strip() not in ("", "0"):
-        pytest.fail("mtasts_fast._netstring is not built but MTASTS_REQUIRE_EXTENSIONS is set")
-    pytest.skip("mtasts_fast._netstring is not built")
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(
-            "c",
-            id="c",
-            marks=pytest.mark.skipif(_compat.NO_EXTENSIONS, reason="MTASTS_NO_EXTENSIONS=1"),
-        ),
-        pytest.param("py", id="py"),
-    ]
-)
-def impl(request: pytest.FixtureRequest) -> Impl:
-    if request.param == "py":
-        return Impl(netstring.NetstringParserPy, netstring.encode_py)
+def _c_impl() -> Impl | None:
     if netstring.NetstringParserC is None or netstring.encode_c is None:
-        _compiled_missing()
-    assert netstring.NetstringParserC is not None
-    assert netstring.encode_c is not None
+        return None
     return Impl(netstring.NetstringParserC, netstring.encode_c)
+
+
+impl = twin_fixture(
+    "_netstring", lambda: Impl(netstring.NetstringParserPy, netstring.encode_py), _c_impl
+)
 
 
 def feed_all(parser: Any, chunks: list[bytes]) -> list[bytes]:
@@ -63,8 +48,7 @@ def test_public_names_follow_the_switch() -> None:
         assert netstring.NetstringParserC is None
         assert netstring.encode_c is None
         return
-    if netstring.NetstringParserC is None:
-        _compiled_missing()
+    compiled("_netstring", _c_impl())
     from mtasts_fast import _netstring
 
     assert netstring.NetstringParser is _netstring.NetstringParserC
@@ -379,15 +363,11 @@ def run(parser: Any, chunks: list[bytes]) -> tuple[list[list[bytes]], Any, list[
     st.one_of(st.none(), st.integers(0, 40)),
 )
 def test_differential_c_vs_py(data: st.DataObject, stream: bytes, limit: int | None) -> None:
-    if netstring.NetstringParserC is None:
-        if _compat.NO_EXTENSIONS:
-            pytest.skip("MTASTS_NO_EXTENSIONS=1")
-        _compiled_missing()
-    assert netstring.NetstringParserC is not None
+    c = compiled("_netstring", _c_impl())
     chunks = data.draw(chunked(stream))
     args = () if limit is None else (limit,)
     expected = run(netstring.NetstringParserPy(*args), chunks)
-    assert run(netstring.NetstringParserC(*args), chunks) == expected
+    assert run(c.parser(*args), chunks) == expected
 
 
 @settings(

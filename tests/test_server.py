@@ -18,10 +18,8 @@ from typing import Any
 
 import pytest
 
-from mtasts_fast.cache.base import CacheEntry, CacheUnavailable, FetchFailure
-from mtasts_fast.cache.internal import InternalCache
 from mtasts_fast.server import ListenError
-from tests.socketmap import Running, enforce, frame, pipelined, start_daemon
+from tests.socketmap import DownCache, Running, enforce, frame, pipelined, start_daemon
 
 pytestmark = pytest.mark.both_loops
 
@@ -197,28 +195,9 @@ async def test_max_connections(world: Any, tmp_path: Path) -> None:
         await daemon.stop()
 
 
-class _DownCache(InternalCache):
-    """A backend whose every read and write fails, as a stopped Redis would."""
-
-    def get_nowait(self, domain: str) -> CacheEntry | None:
-        raise CacheUnavailable("connection refused")
-
-    async def get(self, domain: str) -> CacheEntry | None:
-        raise CacheUnavailable("connection refused")
-
-    async def put(self, entry: CacheEntry) -> None:
-        raise CacheUnavailable("connection refused")
-
-    async def get_failure(self, domain: str) -> FetchFailure | None:
-        raise CacheUnavailable("connection refused")
-
-    async def put_failure(self, failure: FetchFailure) -> None:
-        raise CacheUnavailable("connection refused")
-
-
 async def test_backend_down_fetches_and_falls_back(world: Any, tmp_path: Path) -> None:
     daemon = await start_daemon(world, tmp_path)
-    down = _DownCache(100)
+    down = DownCache(100)
     daemon.responder._cache = down
     daemon.responder.refresher._cache = down
     daemon.responder._sync_reads = True

@@ -29,7 +29,7 @@ import yaml
 import mtasts_fast
 from tests.servers.world import World
 from tests.socketmap import free_port
-from tests.test_workers import GOOD, READY_LINE, Daemon, ask
+from tests.test_workers import GOOD, READY_LINE, Daemon, Started, ask, daemon_config
 
 REQUIRE_ALL = os.environ.get("MTASTS_REQUIRE_ALL") == "1"
 
@@ -90,20 +90,10 @@ _LOOKUPS = [
 
 @pytest.fixture
 def run_daemon(world: World, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
+    started = Started()
 
     def _start(*args: str, runner: str | None = None, **settings: Any) -> Daemon:
-        data: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": free_port(),
-            "nameservers": [world.nameserver],
-            "ca_file": world.ca_file,
-            "shutdown_timeout": 2,
-            "workers": 2,
-        }
-        data.update(settings)
-        config = tmp_path / "mta-sts-daemon.yml"
-        config.write_text(yaml.safe_dump(data))
+        config, data = daemon_config(world, tmp_path, **settings)
         command = [sys.executable, "-m", "mtasts_fast"]
         if runner is not None:
             script = tmp_path / "runner.py"
@@ -115,18 +105,10 @@ def run_daemon(world: World, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             stderr=subprocess.STDOUT,
             env={**os.environ, "IMPORT_LOG": str(tmp_path / "imports.log")},
         )
-        daemon = Daemon(proc, config, data)
-        started.append(daemon)
-        return daemon
+        return started.add(proc, config, data, wait=False)
 
     yield _start
-    for daemon in started:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-        daemon.proc.wait()
-        daemon.drain()
-        if daemon.proc.stdout is not None:
-            daemon.proc.stdout.close()
+    started.end()
 
 
 def _cache(kind: str, tmp_path: Path) -> dict[str, Any]:

@@ -123,6 +123,67 @@ class Daemon:
         path = self.settings.get("path")
         return str(path) if path else ("127.0.0.1", int(self.settings["port"]))
 
+    def end(self) -> None:
+        """At a test's end: kill the supervisor if it still runs, and any worker
+        of it left (they stop by themselves once it is gone; make sure)."""
+        workers: set[int] = set()
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                workers = self.worker_pids()
+            self.proc.kill()
+        self.proc.wait()
+        for pid in workers:
+            if not _gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.drain()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class Started:
+    """The daemons a fixture started, every one ended at the test's end."""
+
+    def __init__(self) -> None:
+        self.daemons: list[Daemon] = []
+
+    def add(
+        self,
+        proc: subprocess.Popen[bytes],
+        config: Path,
+        settings: dict[str, Any],
+        *,
+        wait: bool = True,
+        timeout: float = 20,
+    ) -> Daemon:
+        """Watch ``proc``; with ``wait``, until every worker answers."""
+        daemon = Daemon(proc, config, settings)
+        self.daemons.append(daemon)
+        if wait:
+            daemon.wait_for(READY_LINE, timeout=timeout)
+        return daemon
+
+    def end(self) -> None:
+        for daemon in self.daemons:
+            daemon.end()
+
+
+def daemon_config(world: World, tmp_path: Path, **settings: Any) -> tuple[Path, dict[str, Any]]:
+    """Write the config of a daemon of two workers on a free loopback port,
+    resolving and fetching in ``world``, with ``settings`` on top."""
+    data: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "nameservers": [world.nameserver],
+        "ca_file": world.ca_file,
+        "shutdown_timeout": 2,
+        "workers": 2,
+        **settings,
+    }
+    config = tmp_path / "mta-sts-daemon.yml"
+    config.write_text(yaml.safe_dump(data))
+    return config, data
+
 
 def connect(address: tuple[str, int] | str, timeout: float = 5.0) -> socket.socket:
     if isinstance(address, str):
@@ -241,7 +302,7 @@ class ClientLoop(threading.Thread):
 @pytest.fixture
 def daemon(world: World, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """``daemon(**settings)`` starts the daemon and waits until every worker answers."""
-    started: list[Daemon] = []
+    started = Started()
 
     def _start(
         *args: str,
@@ -251,18 +312,7 @@ def daemon(world: World, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         env: dict[str, str] | None = None,
         **settings: Any,
     ) -> Daemon:
-        data: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": free_port(),
-            "nameservers": [world.nameserver],
-            "ca_file": world.ca_file,
-            "shutdown_timeout": 2,
-            "workers": 2,
-            "cache": {"type": "internal"},
-        }
-        data.update(settings)
-        config = tmp_path / "mta-sts-daemon.yml"
-        config.write_text(yaml.safe_dump(data))
+        config, data = daemon_config(world, tmp_path, **{"cache": {"type": "internal"}, **settings})
         if script is None:
             command = [sys.executable, "-m", "mtasts_fast"]
         else:
@@ -282,28 +332,10 @@ def daemon(world: World, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             start_new_session=new_session,
             env={**os.environ, **(env or {})},
         )
-        instance = Daemon(proc, config, data)
-        started.append(instance)
-        if wait:
-            instance.wait_for(READY_LINE, timeout=20)
-        return instance
+        return started.add(proc, config, data, wait=wait)
 
     yield _start
-    for instance in started:
-        workers: set[int] = set()
-        if instance.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                workers = instance.worker_pids()
-            instance.proc.kill()
-        instance.proc.wait()
-        # Workers stop by themselves once the supervisor is gone; make sure.
-        for pid in workers:
-            if not _gone(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        instance.drain()
-        if instance.proc.stdout is not None:
-            instance.proc.stdout.close()
+    started.end()
 
 
 def _policy_domain(world: World) -> str:

@@ -16,6 +16,7 @@ import socket
 from mtasts_fast.binding import (
     ListenError,
     UnixSocketFile,
+    bind_addresses,
     bind_unix,
     format_address,
     resolve_listen_address,
@@ -57,31 +58,9 @@ class MetricsListener:
         assert settings.port is not None
         try:
             infos = resolve_listen_address(settings.host, settings.port)
+            sockets = bind_addresses(infos, reuse_port=False)
         except ListenError as exc:
             raise ListenError(f"metrics: {exc}") from None
-        sockets: list[socket.socket] = []
-        seen: set[object] = set()
-        try:
-            for family, kind, proto, _name, address in infos:
-                if address in seen:
-                    continue
-                seen.add(address)
-                sock = socket.socket(family, kind, proto)
-                sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                try:
-                    sock.bind(address)
-                except OSError as exc:
-                    raise ListenError(
-                        f"metrics: cannot listen on {format_address(address)}: "
-                        f"{exc.strerror or exc}"
-                    ) from exc
-        except BaseException:
-            for sock in sockets:
-                sock.close()
-            raise
         return cls(sockets, None)
 
     def describe(self) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.servers.processes import stop_process
 
 __all__ = ["DaemonProcess", "fd_count", "peak_rss", "reset_peak_rss", "rss", "serving_pid"]
 
@@ -191,15 +192,7 @@ class DaemonProcess:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=15)
 
     @property
     def pid(self) -> int:

@@ -19,7 +19,6 @@ to retry over TCP, as with a real server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import struct
 import threading
@@ -28,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RD, RR, TLSA, TXT, A, DNSRecord
+
+from tests.servers.streams import close_server, serving
 
 __all__ = ["DnsServer", "Zone"]
 
@@ -302,14 +303,7 @@ class DnsServer:
         self._pending.clear()
         if self._udp is not None:
             self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
-        for task in list(self._tcp_tasks):
-            task.cancel()
-        if self._tcp_tasks:
-            await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
-        if self._tcp is not None:
-            await self._tcp.wait_closed()
+        await close_server(self._tcp, self._tcp_tasks)
 
     def handle(self, data: bytes, send: object, *, udp: bool) -> None:
         try:
@@ -340,25 +334,12 @@ class DnsServer:
             send(packet)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tcp_tasks.add(task)
-
         def send(packet: bytes) -> None:
             if not writer.is_closing():
                 writer.write(struct.pack("!H", len(packet)) + packet)
 
-        try:
+        async with serving(self._tcp_tasks, writer):
             while True:
                 head = await reader.readexactly(2)
                 (length,) = struct.unpack("!H", head)
                 self.handle(await reader.readexactly(length), send, udp=False)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except asyncio.CancelledError:
-            pass  # only close() cancels us; end quietly
-        finally:
-            self._tcp_tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()

@@ -80,6 +80,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.servers.netns import enter_netns
+from tests.servers.processes import stop_process
 
 __all__ = [
     "DEFAULT_ANCHOR",
@@ -456,14 +457,7 @@ class _Server:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
     def diagnostics(self) -> str:
         return (

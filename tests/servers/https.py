@@ -20,7 +20,6 @@ to play a host that only speaks TLS 1.0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import os
 import ssl
@@ -35,6 +34,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.servers.streams import close_server, serving
 
 __all__ = ["CertKind", "Certificates", "HttpsServer", "Site"]
 
@@ -233,14 +234,7 @@ class HttpsServer:
         )
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await close_server(self._server, self._tasks)
 
     def _pick_certificate(
         self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
@@ -253,22 +247,8 @@ class HttpsServer:
         return None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
+        async with serving(self._tasks, writer, asyncio.LimitOverrunError, ssl.SSLError):
             await self._respond(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        except ssl.SSLError:
-            pass
-        except asyncio.CancelledError:
-            pass  # only close() cancels us; end quietly
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     async def _respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)

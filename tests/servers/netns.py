@@ -44,6 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from tests.servers.processes import stop_process
+
 __all__ = ["CLONE_NEWNET", "Netns", "NetnsDaemon", "NetnsLoop", "call_in_netns", "enter_netns"]
 
 _T = TypeVar("_T")
@@ -254,14 +256,7 @@ class NetnsDaemon:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, timeout=15)
 
     def output(self) -> str:
         return self._log.read_text(errors="replace") if self._log.exists() else ""

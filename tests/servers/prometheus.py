@@ -24,9 +24,18 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from tests.servers.postfix import unavailable
+from tests.servers.processes import stop_process
 from tests.socketmap import free_port
 
-__all__ = ["PrometheusServer", "PrometheusUnavailable", "prometheus_binary"]
+__all__ = [
+    "PrometheusServer",
+    "PrometheusUnavailable",
+    "check_exposition",
+    "prometheus_binary",
+    "promtool",
+    "samples",
+]
 
 _START_TIMEOUT = 60.0
 
@@ -42,6 +51,37 @@ def prometheus_binary() -> str:
     if path is None:
         raise PrometheusUnavailable("prometheus not found (Debian package: prometheus)")
     return path
+
+
+def promtool() -> str:
+    """The path of ``promtool``; without it the test skips (fails under MTASTS_REQUIRE_ALL=1)."""
+    path = shutil.which("promtool")
+    if path is None:
+        unavailable("promtool is not installed (Debian package prometheus)")
+    return path
+
+
+def samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value, for every sample line of a text exposition."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
+def check_exposition(text: str) -> None:
+    """``promtool check metrics`` prints a lint finding and exits 1 on any: none is allowed."""
+    result = subprocess.run(
+        [promtool(), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), text[:3000]
 
 
 class PrometheusServer:
@@ -148,11 +188,4 @@ class PrometheusServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=15)

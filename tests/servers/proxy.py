@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+from tests.servers.streams import close_server, serving
+
 __all__ = ["ConnectProxy"]
 
 _MAX_HEAD = 8192
@@ -35,21 +37,10 @@ class ConnectProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await close_server(self._server, self._tasks)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        upstream: asyncio.StreamWriter | None = None
-        try:
+        async with serving(self._tasks, writer, asyncio.LimitOverrunError, ValueError):
             head = await reader.readuntil(b"\r\n\r\n")
             method, target, _ = head.decode("latin-1").split(" ", 2)
             host, _, port = target.rpartition(":")
@@ -59,27 +50,16 @@ class ConnectProxy:
                 await writer.drain()
                 return
             up_reader, upstream = await asyncio.open_connection(address, int(port))
-            self.tunnels += 1
-            self.targets.append(target)
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            await writer.drain()
-            await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
-        except (
-            ConnectionError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ValueError,
-        ):
-            pass
-        except asyncio.CancelledError:
-            pass  # only close() cancels us; end quietly
-        finally:
-            self._tasks.discard(task)
-            for w in (writer, upstream):
-                if w is not None:
-                    w.close()
-                    with contextlib.suppress(Exception):
-                        await w.wait_closed()
+            try:
+                self.tunnels += 1
+                self.targets.append(target)
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await writer.drain()
+                await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
+            finally:
+                upstream.close()
+                with contextlib.suppress(Exception):
+                    await upstream.wait_closed()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -34,6 +34,8 @@ import subprocess
 import time
 from typing import Any
 
+from tests.servers.processes import stop_process
+
 __all__ = ["RedisSentinel", "RedisServer", "RedisUnavailable", "redis_server_binary"]
 
 _START_TIMEOUT = 10.0
@@ -192,12 +194,7 @@ class _Process:
         if self._paused:
             proc.send_signal(signal.SIGCONT)
             self._paused = False
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 class RedisServer(_Process):

@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.servers.processes import stop_process
+
 __all__ = ["TlsrptReporter"]
 
 _ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8")
@@ -105,14 +107,7 @@ class TlsrptReporter:
 
     def stop_collectd(self) -> None:
         proc, self._collectd = self._collectd, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, timeout=10)
 
     def results(self) -> list[dict[str, Any]]:
         """Today's rows of the collectd's database: day, domain, policy, counts."""
@@ -210,13 +205,7 @@ class TlsrptReporter:
                     raise RuntimeError(f"tlsrpt-reportd did not finish in {timeout} s")
                 time.sleep(0.2)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc, timeout=10)
 
     def logs(self) -> str:
         parts = []

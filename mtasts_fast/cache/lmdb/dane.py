@@ -42,8 +42,9 @@ from mtasts_fast.cache.base import CacheUnavailable
 from mtasts_fast.cache.codec import decode_dane
 from mtasts_fast.cache.lmdb.commit_counter import CommitCounter
 from mtasts_fast.cache.lmdb.eviction import Capacity, evictions_due
-from mtasts_fast.cache.lmdb.layout import TIME_KEY_SIZE, Databases, time_key
+from mtasts_fast.cache.lmdb.layout import Databases
 from mtasts_fast.cache.lmdb.reads import MEMO_LIMIT
+from mtasts_fast.cache.lmdb.time_index import TimeIndexed
 from mtasts_fast.dane.state import DaneState
 from mtasts_fast.memo import make_room
 
@@ -106,6 +107,15 @@ def read_dane(
     return state
 
 
+def _expires_at(key: bytes, value: bytes) -> float | None:
+    state = decode_dane(key.decode("utf-8", "replace"), value)
+    return None if state is None else state.expires_at
+
+
+def _indexed(dbs: Databases) -> TimeIndexed:
+    return TimeIndexed(dbs.dane, dbs.dane_by_expiry, _expires_at)
+
+
 def put_dane(
     txn: lmdb.Transaction[bytes],
     dbs: Databases,
@@ -115,6 +125,7 @@ def put_dane(
     state: DaneState,
 ) -> None:
     """Store ``state`` (encoded as ``value``) and index it, unless a newer one is stored."""
+    indexed = _indexed(dbs)
     old = txn.get(key, db=dbs.dane)
     if old is not None:
         if old == value:
@@ -123,74 +134,26 @@ def put_dane(
         if previous is not None:
             if previous.evaluated_at > state.evaluated_at:
                 return  # another worker or host stored a newer evaluation
-            txn.delete(time_key(previous.expires_at) + key, db=dbs.dane_by_expiry)
+            indexed.unindex(txn, key, old)
     else:
         wanted = evictions_due(txn, dbs, capacity, dbs.dane)
         if wanted:
-            evict_dane(txn, dbs, wanted)
-    txn.put(key, value, db=dbs.dane)
-    txn.put(time_key(state.expires_at) + key, b"", db=dbs.dane_by_expiry)
+            indexed.evict(txn, wanted)
+    indexed.put(txn, key, value, state.expires_at)
 
 
 def delete_dane(txn: lmdb.Transaction[bytes], dbs: Databases, key: bytes) -> bool:
     """Delete the state under ``key`` and its index key; True if a readable one was there."""
-    old = txn.pop(key, db=dbs.dane)
-    if old is None:
-        return False
-    previous = decode_dane(key.decode("utf-8", "replace"), old)
-    if previous is None:
-        return False  # it read as missing; now it is gone for good
-    txn.delete(time_key(previous.expires_at) + key, db=dbs.dane_by_expiry)
-    return True
+    return _indexed(dbs).delete(txn, key)
 
 
 def prune_dane(
     txn: lmdb.Transaction[bytes], dbs: Databases, limit: bytes, batch: int
 ) -> tuple[int, bool]:
     """Delete up to ``batch`` states expired before ``limit``; (count, more?)."""
-    cursor = txn.cursor(dbs.dane_by_expiry)
-    count = examined = 0
-    while cursor.first() and cursor.key()[:TIME_KEY_SIZE] < limit:
-        if examined >= batch:
-            return count, True
-        examined += 1
-        index_key = cursor.key()
-        cursor.delete()
-        if _remove_indexed(txn, dbs, index_key):
-            count += 1
-    return count, False
+    return _indexed(dbs).prune(txn, limit, batch)
 
 
 def evict_dane(txn: lmdb.Transaction[bytes], dbs: Databases, wanted: int) -> int:
     """Delete ``wanted`` states, those that expire first (expired ones) first."""
-    cursor = txn.cursor(dbs.dane_by_expiry)
-    evicted = 0
-    while evicted < wanted and cursor.first():
-        index_key = cursor.key()
-        cursor.delete()
-        if _remove_indexed(txn, dbs, index_key):
-            evicted += 1
-    if evicted < wanted:
-        # States missing from the index (unreadable ones) go in key order.
-        cursor = txn.cursor(dbs.dane)
-        while evicted < wanted and cursor.first():
-            cursor.delete()
-            evicted += 1
-    return evicted
-
-
-def _remove_indexed(txn: lmdb.Transaction[bytes], dbs: Databases, index_key: bytes) -> bool:
-    """Delete the state an index key (already deleted) points to, if it is current.
-
-    An unreadable state is removed too; an index key whose state has since
-    been rewritten was stale and removes nothing.
-    """
-    key = index_key[TIME_KEY_SIZE:]
-    old = txn.get(key, db=dbs.dane)
-    if old is None:
-        return False
-    previous = decode_dane(key.decode("utf-8", "replace"), old)
-    if previous is not None and time_key(previous.expires_at) + key != index_key:
-        return False
-    txn.delete(key, db=dbs.dane)
-    return True
+    return _indexed(dbs).evict(txn, wanted)
