@@ -56,11 +56,13 @@ class WorkerView(Protocol):
 
 def compiled_extensions() -> str:
     """The compiled twins in use, comma-separated, or "none"."""
-    from mtasts_fast import counters, matcher, netstring
+    from mtasts_fast import counters, fastpath, matcher, netstring
 
     used = []
     if counters.CounterArrayC is not None:
         used.append("counters")
+    if fastpath.FastPathC is not None:
+        used.append("fastpath")
     if matcher.mx_matches is not matcher.mx_matches_py:
         used.append("matcher")
     if netstring.NetstringParserC is not None:
