@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from mtasts_fast.heap import release_garbage
+from mtasts_fast.heap import fork_sharing_heap
 from mtasts_fast.listeners import Listeners
 from mtasts_fast.metrics.collector import Collector
 from mtasts_fast.metrics.region import Region
@@ -134,13 +134,14 @@ class WorkerProcesses:
         except BaseException:
             region.close()
             raise
-        # The child would hold whatever the heap has freed as its own memory.
-        release_garbage()
         # Signals stay blocked across fork(): a SIGTERM sent to a brand-new
         # worker must not run the supervisor's handler in the child and be lost.
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
         try:
-            pid = os.fork()
+            # Garbage collected and the heap trimmed first (the child would hold
+            # what the heap has freed as its own memory), the objects inherited
+            # left shared with the supervisor (heap.py).
+            pid = fork_sharing_heap()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(ready_r)

@@ -37,6 +37,8 @@ from runner import CACHE_GRACE, Server, log
 from variants import Variant
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
+# The in-memory launchers, without run.py's imports (launch.py).
+LAUNCH_PY = RUN_PY.parent / "launch.py"
 _DANE_ACTIVE = re.compile(r"validates DNSSEC.*DANE detection active")
 
 
@@ -130,7 +132,7 @@ class Daemons:
         else:
             argv = [
                 str(variant.venv / "bin" / "python"),
-                str(RUN_PY),
+                str(LAUNCH_PY),
                 "_launch-ours",
                 *("--config", str(cfg), "--seed", str(self.seed)),
             ]
@@ -214,7 +216,7 @@ class Daemons:
             "shutdown_timeout": 5,
             "default_zone": {"timeout": 4},
         }
-        argv = [str(self.peer_python), str(RUN_PY), *("_launch-peer", "--dns", self.dns.address)]
+        argv = [str(self.peer_python), str(LAUNCH_PY), *("_launch-peer", "--dns", self.dns.address)]
         if pairing == "persistent":
             config["cache"] = {
                 "type": "sqlite",

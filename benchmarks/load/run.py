@@ -14,8 +14,9 @@
      the peer's ``sqlite`` cache by writing its table ``sts_policy_cache``
      directly (its own schema, ``ts`` = now, so every entry is fresh);
    - in-memory pairing: neither daemon's ``internal`` cache can be reached
-     from outside its process, so each daemon is started by a launcher (this
-     file, ``_launch-ours`` / ``_launch-peer``) that wraps the daemon's cache
+     from outside its process, so each daemon is started by a launcher
+     (``launch.py _launch-ours`` / ``_launch-peer``, which this file also
+     accepts, but with all its imports) that wraps the daemon's cache
      factory: the cache the daemon builds from its own configuration is
      filled, through the cache's own ``put``/``set`` method, right after the
      daemon calls its ``setup``, and the daemon's unmodified ``main`` runs.

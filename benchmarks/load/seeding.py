@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -105,11 +104,22 @@ def write_seed(path: Path, records: list[dict[str, Any]], now: float | None = No
 
 
 def read_seed(path: str) -> list[dict[str, Any]]:
+    return list(iter_seed(path))
+
+
+def iter_seed(path: str) -> Iterator[dict[str, Any]]:
+    """The records of a seed file, one at a time."""
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
 
 
 def seed_peer_sqlite(filename: Path, records: list[dict[str, Any]]) -> None:
+    # Imported here, not at the top: the launchers import this module into the
+    # daemon they start, whose resident memory the benchmarks measure.
+    import sqlite3
+
     """Write the peer's schema (sqlite_cache.py 1.5.1) and one fresh row per domain."""
     now = int(time.time())
     db = sqlite3.connect(filename)
@@ -156,32 +166,43 @@ def _fill_after_setup(cache: Any, fill: Callable[[], Awaitable[int]], what: str)
 
 
 def launch_ours(args: argparse.Namespace) -> int:
-    """Run ``mta-sts-daemon`` with its internal cache filled from the seed file."""
+    """Run ``mta-sts-daemon`` with its internal cache filled from the seed file.
+
+    The seed is read inside the fill, in the worker that sets the cache up,
+    one record at a time, and nothing of it is kept: the launcher's own data
+    must not show up as the supervisor's or a worker's resident memory (the
+    benchmarks measure it). The worker collects and trims its heap once it
+    has started, after the fill.
+    """
     import mtasts_fast.cache as cache_module
     from mtasts_fast import daemon
-    from mtasts_fast.cachecli import entry_from_json
 
-    now = time.time()
-    entries = []
-    records = read_seed(args.seed)
-    for record in records:
-        record["fetched_at"] = record["checked_at"] = now  # fresh at start-up
-        entries.append(entry_from_json(record))
+    try:
+        from mtasts_fast.cache.json_form import entry_from_json
+    except ImportError:  # a tree from before json_form.py (a --variant)
+        from mtasts_fast.cachecli import entry_from_json
+
     # A tree from before DANE has no states to store.
-    states = [dane_state(r["domain"], now) for r in records] if has_dane() else []
+    with_dane = has_dane()
     original = cache_module.create_cache
 
     def create_cache(config: Any, filename: str) -> Any:
         cache = original(config, filename)
 
         async def fill() -> int:
-            for entry in entries:
-                await cache.put(entry)
-            for state in states:
-                await cache.put_dane(state)
-            return len(entries)
+            now = time.time()  # fresh at start-up
+            count = 0
+            for record in iter_seed(args.seed):
+                record["fetched_at"] = record["checked_at"] = now
+                await cache.put(entry_from_json(record))
+                if with_dane:
+                    await cache.put_dane(dane_state(record["domain"], now))
+                count += 1
+            return count
 
-        what = f"and {len(states)} DANE states put into the {config.type} cache"
+        what = (
+            "and as many DANE states " if with_dane else ""
+        ) + f"put into the {config.type} cache"
         return _fill_after_setup(cache, fill, what)
 
     cache_module.create_cache = create_cache
@@ -204,18 +225,21 @@ def launch_peer(args: argparse.Namespace) -> int:
     aiodns.DNSResolver.__init__ = init  # type: ignore[method-assign]
 
     if args.seed:
-        records = read_seed(args.seed)
+        seed = args.seed
         original = utils.create_cache
 
         def create_cache(cache_type: str, options: Any) -> Any:
             cache = original(cache_type, options)
 
             async def fill() -> int:
+                # Read here, one record at a time, as ours is (launch_ours).
                 now = time.time()
-                for r in records:
+                count = 0
+                for r in iter_seed(seed):
                     body = peer_policy_body(r)
                     await cache.set(r["domain"], CacheEntry(now, r["policy_id"], body))
-                return len(records)
+                    count += 1
+                return count
 
             return _fill_after_setup(cache, fill, f"set in the {cache_type} cache")
 
