@@ -196,8 +196,11 @@ class CaresResolver:
         # A trailing dot makes the name absolute: no resolv.conf search list.
         name = host if host.endswith(".") else host + "."
         try:
+            # No port: only the addresses are used, and c-ares looks a port up
+            # as a service name with getservbyname_r, which reads /etc/services
+            # on every call (a quarter of the lookup's CPU).
             answer = await self._channel().getaddrinfo(
-                name, family=socket.AF_UNSPEC, port=port, type=socket.SOCK_STREAM
+                name, family=socket.AF_UNSPEC, port=None, type=socket.SOCK_STREAM
             )
         except aiodns.error.DNSError as exc:
             raise OSError(None, f"{host}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiodns
 import pytest
@@ -529,3 +530,25 @@ async def test_the_dns_channel_runs_on_the_event_loop_not_a_thread(world: World)
         assert threading.active_count() == threads
     finally:
         await instance.close()
+
+
+async def test_the_policy_host_is_resolved_without_a_service_lookup(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the addresses are used; given a port, c-ares would look it up as
+    # a service name (getservbyname_r reads /etc/services on every call).
+    ports: list[object] = []
+    real = aiodns.DNSResolver.getaddrinfo
+
+    def recording(self: aiodns.DNSResolver, host: str, **kwargs: Any) -> Any:
+        ports.append(kwargs.get("port"))
+        return real(self, host, **kwargs)
+
+    monkeypatch.setattr(aiodns.DNSResolver, "getaddrinfo", recording)
+    instance = PolicyFetcher(nameservers=[world.nameserver], ca_file=world.ca_file)
+    await instance.start()
+    try:
+        assert (await instance.fetch("good.loc", 5)).outcome is Outcome.POLICY
+    finally:
+        await instance.close()
+    assert ports == [None]
