@@ -2,10 +2,12 @@
 
 Reads (``get_nowait``, ``get``, ``scan``, ...) run on the event loop's
 thread, because LMDB readers never wait (``reads``). All writes run on one
-dedicated thread per process, one at a time (an ``asyncio.Lock`` guards the
-hand-off), because a write may wait for LMDB's inter-process writer lock and
-``fsync``. py-lmdb drops the GIL while it waits, so the event loop keeps
-answering. ``put_many`` writes WRITE_BATCH entries per commit for imports.
+dedicated thread per process, one transaction at a time (an ``asyncio.Lock``
+guards the hand-off), because a write may wait for LMDB's inter-process
+writer lock and ``fsync``. py-lmdb drops the GIL while it waits, so the event
+loop keeps answering. Writes asked for while the writer is busy share its
+next transaction (``group_commit``). ``put_many`` writes WRITE_BATCH entries
+per commit for imports.
 
 A write that does not fit even after evicting (``writes.attempt``) doubles
 the map, up to ``environment.MAP_GROWTH_LIMIT`` times the configured
@@ -48,6 +50,7 @@ from mtasts_fast.cache.lmdb.environment import (
     split_path,
 )
 from mtasts_fast.cache.lmdb.eviction import Capacity, prune_expired
+from mtasts_fast.cache.lmdb.group_commit import WriteQueue
 from mtasts_fast.cache.lmdb.layout import DOUBLE, Databases, storable, time_key
 from mtasts_fast.cache.lmdb.reads import MEMO_LIMIT, Memo, read_batch, read_entry
 from mtasts_fast.dane.state import DaneState
@@ -65,10 +68,6 @@ _T = TypeVar("_T")
 WRITE_BATCH = 1000
 # Write attempts before giving up on a map that keeps being resized.
 MAX_ATTEMPTS = 8
-
-# A write waiting for the writer thread: its job, what it writes (for the
-# log), and the future its caller awaits.
-_Queued = tuple[Callable[["lmdb.Transaction[bytes]"], Any], str, "asyncio.Future[Any]"]
 
 
 class LmdbCache(Cache):
@@ -90,10 +89,7 @@ class LmdbCache(Cache):
         self._capacity: Capacity | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._write_lock = asyncio.Lock()
-        # Group commit (_write): writes waiting for the writer, and the task
-        # that commits them.
-        self._queued: list[_Queued] = []
-        self._drainer: asyncio.Future[None] | None = None
+        self._queue = WriteQueue(self._write_lock, self._attempts)
         self._memo: Memo = {}
         # The memo holds decoded entries in each process: never more than the
         # cache itself may hold, so a small cache stays small in every worker.
@@ -464,85 +460,18 @@ class LmdbCache(Cache):
         """Run ``job`` in a write transaction on the writer thread.
 
         Returns its result, or None if the write had to be dropped because the
-        map is full at its growth limit.
-
-        Group commit: writes asked for while a transaction is on the writer
-        thread wait in a queue and are then committed together, in the order
-        asked, each job seeing what the ones before it wrote, as if each had
-        its own transaction; each caller returns once its write is committed.
-        A burst of new domains (a policy and a DANE state each) then costs one
-        thread hand-off and, for the durable cache, one fsync per batch
-        instead of per write. A caller cancelled before its job ran leaves it
-        unrun, as one cancelled while waiting for the writer always did.
+        map is full at its growth limit. Writes asked for while the writer is
+        busy are committed together (group_commit.py).
         """
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((job, what, waiter))
-        if self._drainer is None:
-            self._drainer = asyncio.ensure_future(self._drain())
-        result: _T | None = await waiter
+        result: _T | None = await self._queue.write(job, what)
         return result
 
-    async def _drain(self) -> None:
-        """Commit the queued writes, batch after batch, until none is left."""
-        batch: list[_Queued] = []
-        try:
-            while self._queued:
-                async with self._write_lock:
-                    batch = [item for item in self._queued if not item[2].done()]
-                    self._queued = []
-                    if len(batch) == 1:
-                        await self._one(*batch[0])
-                    elif batch:
-                        await self._together(batch)
-        finally:
-            self._drainer = None
-            # Cancelled (the loop is closing): nobody is left waiting forever.
-            for _job, _what, waiter in [*batch, *self._queued]:
-                if not waiter.done():
-                    waiter.cancel()
-
-    async def _together(self, batch: list[_Queued]) -> None:
-        """One transaction for every job of ``batch``; one each if that fails."""
-        jobs = [job for job, _what, _waiter in batch]
-        try:
-            done, results = await self._attempts(
-                lambda txn: [job(txn) for job in jobs], f"{len(jobs)} writes", quiet=True
-            )
-        except Exception:
-            # One of them raised (or LMDB failed): each on its own, so each
-            # caller gets its own outcome, exactly as without batching.
-            done, results = False, None
-        if done and results is not None:
-            for (_job, _what, waiter), result in zip(batch, results, strict=True):
-                if not waiter.done():
-                    waiter.set_result(result)
-            return
-        for item in batch:
-            await self._one(*item)
-
-    async def _one(
-        self,
-        job: Callable[[lmdb.Transaction[bytes]], Any],
-        what: str,
-        waiter: asyncio.Future[Any],
-    ) -> None:
-        if waiter.done():
-            return
-        try:
-            _done, result = await self._attempts(job, what)
-        except Exception as exc:
-            if not waiter.done():
-                waiter.set_exception(exc)
-        else:
-            if not waiter.done():
-                waiter.set_result(result)
-
     async def _attempts(
-        self, job: Callable[[lmdb.Transaction[bytes]], _T], what: str, *, quiet: bool = False
+        self, job: Callable[[lmdb.Transaction[bytes]], _T], what: str, quiet: bool
     ) -> tuple[bool, _T | None]:
         """(True, the job's result), or (False, None) when the map is full at its
         limit: the write is dropped, with an error line unless ``quiet``.
-        Call with the write lock held."""
+        Called by the write queue, with the write lock held."""
         env = self._require_env()
         dbs, capacity = self._require_dbs(), self._require_capacity()
         loop = asyncio.get_running_loop()
