@@ -1257,3 +1257,75 @@ async def test_lease_taken_by_one_process_at_a_time(tmp_path: Path) -> None:
         assert await cache.acquire_lease("race", "parent", 60)  # released by all
     finally:
         await cache.close()
+
+
+async def test_concurrent_writes_are_committed_together_in_order(tmp_path: Path) -> None:
+    # Group commit: writes asked for while one is on the writer thread go in
+    # one transaction, in the order asked, each seeing the ones before it.
+    cache = await open_cache(str(tmp_path / "cache.lmdb"))
+    try:
+        env = cache._require_env()
+        before = env.info()["last_txnid"]
+        domains = [f"d{i}.example" for i in range(50)]
+        await asyncio.gather(
+            *(cache.put(make_entry(d, pid=str(i))) for i, d in enumerate(domains)),
+            cache.put(make_entry("d0.example", pid="last")),  # after the first: wins
+        )
+        commits = env.info()["last_txnid"] - before
+        assert commits <= 2  # 51 writes: one batch (or the first alone, then the rest)
+        assert [cache.get_nowait(d) is not None for d in domains] == [True] * 50
+        first = cache.get_nowait("d0.example")
+        assert first is not None
+        assert first.policy_id == "last"
+        leases = await asyncio.gather(
+            cache.acquire_lease("pass", "a", 60), cache.acquire_lease("pass", "b", 60)
+        )
+        assert list(leases) == [True, False]  # the second saw the first's lease
+    finally:
+        await cache.close()
+
+
+async def test_a_failing_write_in_a_batch_fails_alone(tmp_path: Path) -> None:
+    # One job raising aborts the shared transaction; every job is then run in
+    # its own, so the others are stored and only its caller sees the error.
+    cache = await open_cache(str(tmp_path / "cache.lmdb"))
+    try:
+
+        def broken(txn: Any) -> None:
+            txn.put(b"x", b"y", db=cache._require_dbs().policies)
+            raise ValueError("broken job")
+
+        blocker = cache.put(make_entry("first.example"))  # holds the writer meanwhile
+        outcomes = await asyncio.gather(
+            blocker,
+            cache.put(make_entry("a.example")),
+            cache._write(broken, "a broken job"),
+            cache.put(make_entry("b.example")),
+            return_exceptions=True,
+        )
+        assert list(outcomes[:2]) == [None, None]
+        assert outcomes[3] is None
+        assert isinstance(outcomes[2], ValueError)
+        assert cache.get_nowait("a.example") is not None
+        assert cache.get_nowait("b.example") is not None
+        assert await cache.get("x") is None  # the broken job's write was rolled back
+    finally:
+        await cache.close()
+
+
+async def test_a_write_cancelled_before_it_ran_is_not_written(tmp_path: Path) -> None:
+    cache = await open_cache(str(tmp_path / "cache.lmdb"))
+    try:
+        first = asyncio.ensure_future(cache.put(make_entry("first.example")))
+        await asyncio.sleep(0)  # on the writer thread now
+        second = asyncio.ensure_future(cache.put(make_entry("second.example")))
+        await asyncio.sleep(0)  # queued behind it
+        second.cancel()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        await cache.put(make_entry("third.example"))
+        assert cache.get_nowait("second.example") is None
+        assert cache.get_nowait("third.example") is not None
+    finally:
+        await cache.close()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiodns
 import pytest
@@ -494,3 +496,48 @@ async def test_the_dns_channel_is_replaced_and_the_old_one_closed(
     # close() closes the current channel and every retired one at once.
     assert len(closed) == retired + 1
     assert len(set(map(id, closed))) == len(closed)
+
+
+async def test_the_dns_channel_runs_on_the_event_loop_not_a_thread(world: World) -> None:
+    # aiodns would run c-ares on its own event thread, handing every answer
+    # back across threads (and the GIL): three hand-offs per new domain. The
+    # channel is loop-driven instead (dns_channel._LoopResolver): no thread
+    # is started, and its sockets are watched by the loop while a query runs.
+    threads = threading.active_count()
+    instance = PolicyFetcher(nameservers=[world.nameserver], ca_file=world.ca_file)
+    await instance.start()
+    try:
+        channel = instance._channel()
+        assert channel._event_thread is False
+        lookup = asyncio.ensure_future(instance.fetch("good.loc", 5))
+        watched = False
+        while not lookup.done():
+            watched = watched or bool(channel._read_fds)  # a query's socket, on the loop
+            await asyncio.sleep(0)
+        assert watched
+        assert lookup.result().outcome is Outcome.POLICY
+        assert threading.active_count() == threads
+    finally:
+        await instance.close()
+
+
+async def test_the_policy_host_is_resolved_without_a_service_lookup(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the addresses are used; given a port, c-ares would look it up as
+    # a service name (getservbyname_r reads /etc/services on every call).
+    ports: list[object] = []
+    real = aiodns.DNSResolver.getaddrinfo
+
+    def recording(self: aiodns.DNSResolver, host: str, **kwargs: Any) -> Any:
+        ports.append(kwargs.get("port"))
+        return real(self, host, **kwargs)
+
+    monkeypatch.setattr(aiodns.DNSResolver, "getaddrinfo", recording)
+    instance = PolicyFetcher(nameservers=[world.nameserver], ca_file=world.ca_file)
+    await instance.start()
+    try:
+        assert (await instance.fetch("good.loc", 5)).outcome is Outcome.POLICY
+    finally:
+        await instance.close()
+    assert ports == [None]

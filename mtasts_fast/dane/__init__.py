@@ -4,6 +4,8 @@ One job per module, in the order a lookup meets them:
 
 - ``state``: the stored model of a domain's DANE evaluation (the four
   decisions, the five host statuses);
+- ``wire``: the question's wire form, and the simplest answers read without
+  dnspython's message objects (anything else is left to dnspython);
 - ``transport``: one DNS exchange (UDP, TCP on truncation, lenient parsing);
 - ``resolver``: DNSSEC-aware queries to the configured resolvers (AD bit,
   rcodes, CNAME chains, TTLs);

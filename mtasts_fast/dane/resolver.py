@@ -1,9 +1,9 @@
 """DNSSEC-aware DNS queries for the DANE evaluation (RFC 7672 §2.1, RFC 6840 §5.7).
 
 c-ares (the MTA-STS TXT lookup's resolver) neither asks for nor shows the AD
-bit, so the DANE lookups go through dnspython's asynchronous query functions,
-to the same resolvers: ``nameservers`` from the configuration, else
-``/etc/resolv.conf``'s. Each query:
+bit, so the DANE lookups make their own queries (wire.py, transport.py; answers
+read by dnspython unless of the simplest shapes), to the same resolvers:
+``nameservers`` from the configuration, else ``/etc/resolv.conf``'s. Each query:
 
 - has the AD bit set, which asks a validating resolver to say whether the
   answer is authentic even to a client that does not want the signatures
@@ -48,6 +48,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from mtasts_fast.dane.transport import exchange
+from mtasts_fast.dane.wire import Query, Simple
 
 __all__ = [
     "RESOLV_CONF",
@@ -310,14 +311,8 @@ class DaneResolver:
     async def _ask_one(
         self, server: tuple[str, int], name: str, rdtype: str, timeout: float
     ) -> tuple[Answer, str | None]:
-        query = dns.message.make_query(
-            dns.name.from_text(name),
-            dns.rdatatype.from_text(rdtype),
-            use_edns=0,
-            want_dnssec=True,
-            payload=_PAYLOAD,
-        )
-        query.flags |= dns.flags.AD  # RFC 6840 §5.7
+        # AD (RFC 6840 §5.7), EDNS0 with DO and a _PAYLOAD buffer (wire.py).
+        query = Query(name, rdtype, _PAYLOAD)
         self.queries += 1
         shown = describe_server(server)
         try:
@@ -328,7 +323,11 @@ class DaneResolver:
             what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             detail = f"{shown}: {what or type(exc).__name__}"
             return Answer(name, rdtype, Status.TIMEOUT, detail=detail), None
-        answer, pending = _classify(name, rdtype, result.response, shown)
+        if result.simple is not None:
+            answer, pending = _simple(name, rdtype, result.simple, shown), None
+        else:
+            assert result.response is not None
+            answer, pending = _classify(name, rdtype, result.response, shown)
         if result.malformed:
             answer = dataclasses.replace(answer, malformed=result.malformed)
         return answer, pending
@@ -378,6 +377,15 @@ def _classify(
         # The chain ends at a target the answer says nothing about.
         pending = canonical
     return Answer(name, rdtype, status, secure, (), ttl, canonical, server), pending
+
+
+def _simple(name: str, rdtype: str, simple: Simple, server: str) -> Answer:
+    """What :func:`_classify` makes of an answer of one of wire.py's shapes."""
+    if simple.records:
+        status = Status.DATA
+    else:
+        status = Status.NXDOMAIN if simple.nxdomain else Status.NODATA
+    return Answer(name, rdtype, status, simple.secure, simple.records, simple.ttl, name, server)
 
 
 def _has_soa(response: dns.message.Message) -> bool:

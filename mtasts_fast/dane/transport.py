@@ -13,6 +13,10 @@ from any other address or port; a datagram that is not the answer to our
 question (another id, another question) is ignored and the wait goes on.
 Only the configured resolver's answer is read, and its AD bit trusted
 (RFC 7672 §2.1).
+
+An answer of the simplest shapes (wire.py: no signatures, no aliases, one
+RRset or a plain denial) is read without dnspython's message objects, with
+the same outcome; everything else as described above.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import dns.exception
 import dns.flags
 import dns.message
 
+from mtasts_fast.dane.wire import Query, Simple
+
 __all__ = ["Exchange", "exchange"]
 
 _TCP_LIMIT = 65_535
@@ -33,28 +39,41 @@ _TCP_LIMIT = 65_535
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    response: dns.message.Message
+    response: dns.message.Message | None
+    """The answer as dnspython read it (None when ``simple`` holds it)."""
+    simple: Simple | None
+    """The answer, when it was of a shape wire.py reads."""
     malformed: int
     """Records of the answer section that could not be parsed (left out)."""
     tcp: bool
 
 
-def _parse(data: bytes, query: dns.message.Message) -> tuple[dns.message.Message, int] | None:
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    response: dns.message.Message | None
+    simple: Simple | None
+    malformed: int
+    truncated: bool
+
+
+def _parse(data: bytes, query: Query) -> _Reply | None:
+    simple = query.read_simple(data)
+    if simple is not None:
+        return _Reply(None, simple, 0, truncated=False)
     try:
         response = dns.message.from_wire(data, continue_on_error=True, ignore_trailing=True)
     except dns.exception.DNSException:
         return None  # not even a header and a question: not an answer
-    if not query.is_response(response):
+    if not query.message.is_response(response):
         return None
-    return response, len(getattr(response, "errors", ()))
+    truncated = bool(response.flags & dns.flags.TC)
+    return _Reply(response, None, len(getattr(response, "errors", ())), truncated)
 
 
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, query: dns.message.Message) -> None:
+    def __init__(self, query: Query) -> None:
         self.query = query
-        self.answer: asyncio.Future[tuple[dns.message.Message, int]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self.answer: asyncio.Future[_Reply] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         if self.answer.done():
@@ -73,23 +92,23 @@ class _Datagrams(asyncio.DatagramProtocol):
             self.answer.set_exception(exc or ConnectionError("socket closed"))
 
 
-async def _udp(host: str, port: int, query: dns.message.Message) -> tuple[dns.message.Message, int]:
+async def _udp(host: str, port: int, query: Query) -> _Reply:
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: _Datagrams(query), remote_addr=(host, port), family=family
     )
     try:
-        transport.sendto(query.to_wire())
+        transport.sendto(query.wire)
         return await protocol.answer
     finally:
         transport.close()
 
 
-async def _tcp(host: str, port: int, query: dns.message.Message) -> tuple[dns.message.Message, int]:
+async def _tcp(host: str, port: int, query: Query) -> _Reply:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        wire = query.to_wire()
+        wire = query.wire
         writer.write(struct.pack("!H", len(wire)) + wire)
         await writer.drain()
         while True:
@@ -101,12 +120,12 @@ async def _tcp(host: str, port: int, query: dns.message.Message) -> tuple[dns.me
         writer.close()
 
 
-async def exchange(host: str, port: int, query: dns.message.Message, timeout: float) -> Exchange:
+async def exchange(host: str, port: int, query: Query, timeout: float) -> Exchange:
     """Ask ``query`` of ``host``:``port``; TimeoutError, OSError or EOFError on failure."""
     async with asyncio.timeout(timeout):
-        response, malformed = await _udp(host, port, query)
-        if not response.flags & dns.flags.TC:
-            return Exchange(response, malformed, tcp=False)
+        reply = await _udp(host, port, query)
+        if not reply.truncated:
+            return Exchange(reply.response, reply.simple, reply.malformed, tcp=False)
         # RFC 7766 §5: a truncated answer is asked again over TCP.
-        response, malformed = await _tcp(host, port, query)
-        return Exchange(response, malformed, tcp=True)
+        reply = await _tcp(host, port, query)
+        return Exchange(reply.response, reply.simple, reply.malformed, tcp=True)

@@ -25,6 +25,8 @@ One module per part, each documenting its own:
 - ``dane``: DANE states, their memoised read and their expiry index.
 - ``meta``: the proactive-refresh timestamp and leases.
 - ``stats``: the counts and checked range for ``mta-sts-cache stats``.
+- ``group_commit``: the writes asked for while the writer is busy, queued
+  and committed together.
 - ``store``: ``LmdbCache``, the cache interface over all of it, and its
   writer thread.
 """

@@ -2,10 +2,12 @@
 
 Reads (``get_nowait``, ``get``, ``scan``, ...) run on the event loop's
 thread, because LMDB readers never wait (``reads``). All writes run on one
-dedicated thread per process, one at a time (an ``asyncio.Lock`` guards the
-hand-off), because a write may wait for LMDB's inter-process writer lock and
-``fsync``. py-lmdb drops the GIL while it waits, so the event loop keeps
-answering. ``put_many`` writes WRITE_BATCH entries per commit for imports.
+dedicated thread per process, one transaction at a time (an ``asyncio.Lock``
+guards the hand-off), because a write may wait for LMDB's inter-process
+writer lock and ``fsync``. py-lmdb drops the GIL while it waits, so the event
+loop keeps answering. Writes asked for while the writer is busy share its
+next transaction (``group_commit``). ``put_many`` writes WRITE_BATCH entries
+per commit for imports.
 
 A write that does not fit even after evicting (``writes.attempt``) doubles
 the map, up to ``environment.MAP_GROWTH_LIMIT`` times the configured
@@ -48,6 +50,7 @@ from mtasts_fast.cache.lmdb.environment import (
     split_path,
 )
 from mtasts_fast.cache.lmdb.eviction import Capacity, prune_expired
+from mtasts_fast.cache.lmdb.group_commit import WriteQueue
 from mtasts_fast.cache.lmdb.layout import DOUBLE, Databases, storable, time_key
 from mtasts_fast.cache.lmdb.reads import MEMO_LIMIT, Memo, read_batch, read_entry
 from mtasts_fast.dane.state import DaneState
@@ -86,6 +89,7 @@ class LmdbCache(Cache):
         self._capacity: Capacity | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._write_lock = asyncio.Lock()
+        self._queue = WriteQueue(self._write_lock, self._attempts)
         self._memo: Memo = {}
         # The memo holds decoded entries in each process: never more than the
         # cache itself may hold, so a small cache stays small in every worker.
@@ -456,27 +460,37 @@ class LmdbCache(Cache):
         """Run ``job`` in a write transaction on the writer thread.
 
         Returns its result, or None if the write had to be dropped because the
-        map is full at its growth limit.
+        map is full at its growth limit. Writes asked for while the writer is
+        busy are committed together (group_commit.py).
         """
-        async with self._write_lock:
-            env = self._require_env()
-            dbs, capacity = self._require_dbs(), self._require_capacity()
-            loop = asyncio.get_running_loop()
-            for _ in range(MAX_ATTEMPTS):
-                try:
-                    outcome, result = await loop.run_in_executor(
-                        self._writer, writes.attempt, env, dbs, capacity, self._path, job
-                    )
-                    if outcome == writes.DONE:
-                        return result
-                    # The writer thread is idle now, so the map may be replaced.
-                    if outcome == writes.RESIZED:
-                        adopt_map_size(env, self._path)
-                        continue
-                except lmdb.Error as exc:
-                    raise CacheUnavailable(f"LMDB write failed ({what}): {exc}") from exc
-                if not grow_map(env, self._path, self._map_size):
-                    break
+        result: _T | None = await self._queue.write(job, what)
+        return result
+
+    async def _attempts(
+        self, job: Callable[[lmdb.Transaction[bytes]], _T], what: str, quiet: bool
+    ) -> tuple[bool, _T | None]:
+        """(True, the job's result), or (False, None) when the map is full at its
+        limit: the write is dropped, with an error line unless ``quiet``.
+        Called by the write queue, with the write lock held."""
+        env = self._require_env()
+        dbs, capacity = self._require_dbs(), self._require_capacity()
+        loop = asyncio.get_running_loop()
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                outcome, result = await loop.run_in_executor(
+                    self._writer, writes.attempt, env, dbs, capacity, self._path, job
+                )
+                if outcome == writes.DONE:
+                    return True, result
+                # The writer thread is idle now, so the map may be replaced.
+                if outcome == writes.RESIZED:
+                    adopt_map_size(env, self._path)
+                    continue
+            except lmdb.Error as exc:
+                raise CacheUnavailable(f"LMDB write failed ({what}): {exc}") from exc
+            if not grow_map(env, self._path, self._map_size):
+                break
+        if not quiet:
             _log.error(
                 "LMDB cache %s is full: dropped the write of %s; the map holds %d bytes, "
                 "evicting did not make room and it may not grow further "
@@ -486,4 +500,4 @@ class LmdbCache(Cache):
                 env.info()["map_size"],
                 MAP_GROWTH_LIMIT,
             )
-            return None
+        return False, None
