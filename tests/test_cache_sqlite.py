@@ -414,6 +414,74 @@ async def test_caches_of_one_process_starting_together(tmp_path: Path) -> None:
             await cache.close()
 
 
+def _busy(message: str = "database is locked") -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError(message)
+    exc.sqlite_errorcode = sqlite3.SQLITE_BUSY
+    exc.sqlite_errorname = "SQLITE_BUSY"
+    return exc
+
+
+async def test_tables_are_created_once_the_lock_the_busy_handler_skipped_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When processes open a new file together, turning it to WAL can fail
+    # with SQLITE_BUSY at once (no busy handler: it could deadlock); seen in
+    # CI as test_workers_starting_together_on_a_new_file failing one worker.
+    # The cache tries again instead of failing the call.
+    from mtasts_fast.cache.sqlite import calls
+
+    real = calls.create_schema
+    attempts: list[float] = []
+
+    def busy_twice(conn: sqlite3.Connection) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) <= 2:
+            raise _busy()
+        real(conn)
+
+    monkeypatch.setattr(calls, "create_schema", busy_twice)
+    cache = await open_cache(tmp_path / "cache.db")
+    try:
+        await cache.put(make_entry("a.example"))
+        assert await cache.get("a.example") is not None
+        assert len(attempts) == 3
+    finally:
+        await cache.close()
+
+
+async def test_other_schema_errors_and_a_lock_held_past_the_timeout_are_not_retried_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mtasts_fast.cache.sqlite import calls
+
+    attempts = 0
+
+    def broken(conn: sqlite3.Connection) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(calls, "create_schema", broken)
+    cache = SqliteCache(options(tmp_path / "cache.db"))
+    with pytest.raises(CacheUnavailable, match="disk I/O error"):
+        await cache.setup()
+    assert attempts == 1
+
+    def always_busy(conn: sqlite3.Connection) -> None:
+        raise _busy()
+
+    monkeypatch.setattr(calls, "create_schema", always_busy)
+    cache = SqliteCache(options(tmp_path / "other.db", timeout=0.3))
+    await cache.setup()  # a locked file is not an error at start (logged)
+    try:
+        started = time.monotonic()
+        with pytest.raises(CacheUnavailable, match="locked"):
+            await cache.put(make_entry("a.example"))
+        assert time.monotonic() - started < 2.0
+    finally:
+        await cache.close()
+
+
 # --- configuration -----------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -62,6 +63,12 @@ def _job_done(
     idle.put_nowait(conn)
     if not job.cancelled():
         job.exception()
+
+
+# Pauses between attempts to create the tables of a file another process is
+# setting up (SqliteCache._create_schema), in seconds.
+_SCHEMA_RETRY_FIRST = 0.005
+_SCHEMA_RETRY_MAX = 0.1
 
 
 class _NoAnswer(CacheUnavailable):
@@ -214,9 +221,32 @@ class SqliteCache(Cache):
             conn.execute("PRAGMA synchronous=NORMAL")
             self._fresh.discard(conn)
         if not self._schema_ready:
-            calls.create_schema(conn)
+            self._create_schema(conn)
             self._schema_ready = True
         return work(conn, *args)
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        """The tables (calls.create_schema), retried while another connection holds the lock.
+
+        Turning a new file to WAL takes its exclusive lock. When several
+        processes open a new file at once, SQLite may answer SQLITE_BUSY at
+        once instead of calling the busy handler (waiting could deadlock: each
+        would wait for a shared lock the other holds), so the call is tried
+        again here, with a short growing pause, for as long as a call may take.
+        """
+        deadline = time.monotonic() + self._timeout
+        pause = _SCHEMA_RETRY_FIRST
+        while True:
+            try:
+                calls.create_schema(conn)
+                return
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", None)
+                locked = isinstance(code, int) and code & 0xFF in calls.LOCKED
+                if not locked or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)  # a pool thread: the event loop is not held up
+            pause = min(pause * 2, _SCHEMA_RETRY_MAX)
 
     # -- the interface -----------------------------------------------------------
 
