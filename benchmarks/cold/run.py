@@ -304,24 +304,6 @@ class Cold:
                     self.runs.append(report)
 
 
-def _csv(choices: tuple[str, ...]) -> Any:
-    def parse(text: str) -> list[str]:
-        items = [x for x in text.split(",") if x]
-        for x in items:
-            if x not in choices:
-                raise argparse.ArgumentTypeError(f"{x!r} is not one of {', '.join(choices)}")
-        return items
-
-    return parse
-
-
-def _variant(text: str) -> Variant:
-    try:
-        return variants.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cold/run.py", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--domains", type=int, default=2000, help="new domains per run (default 2000)")
@@ -332,14 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=3, help="runs per daemon and pairing (default 3)")
     p.add_argument(
         "--pairings",
-        type=_csv(("persistent", "memory")),
+        type=runner.csv_choices(("persistent", "memory")),
         default=["persistent", "memory"],
         help="persistent (lmdb vs sqlite), memory (internal vs internal); default both",
     )
     p.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
     p.add_argument(
         "--variant",
-        type=_variant,
+        type=variants.argument,
         action="append",
         default=[],
         metavar="NAME:KEY=VALUE,... | NAME@TREE[:KEY=VALUE,...]",

@@ -279,24 +279,6 @@ def _csv_ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
-def _csv(choices: tuple[str, ...]) -> Any:
-    def parse(text: str) -> list[str]:
-        items = [x for x in text.split(",") if x]
-        for x in items:
-            if x not in choices:
-                raise argparse.ArgumentTypeError(f"{x!r} is not one of {', '.join(choices)}")
-        return items
-
-    return parse
-
-
-def _variant(text: str) -> Variant:
-    try:
-        return variants.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py", description=(__doc__ or "").partition("\n")[0])
     p.add_argument("--domains", type=int, default=1000, help="cached domains (default 1000)")
@@ -308,14 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pairings",
-        type=_csv(("persistent", "memory")),
+        type=runner.csv_choices(("persistent", "memory")),
         default=["persistent", "memory"],
         help="persistent (lmdb vs sqlite), memory (internal vs internal)",
     )
-    p.add_argument("--transports", type=_csv(("tcp", "unix")), default=["tcp", "unix"])
+    p.add_argument(
+        "--transports", type=runner.csv_choices(("tcp", "unix")), default=["tcp", "unix"]
+    )
     p.add_argument(
         "--variant",
-        type=_variant,
+        type=variants.argument,
         action="append",
         default=[],
         metavar="NAME:KEY=VALUE,... | NAME@TREE[:KEY=VALUE,...]",

@@ -141,6 +141,19 @@ def workdir(prefix: str, keep: bool) -> Iterator[Path]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def csv_choices(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated items, each one of ``choices``."""
+
+    def parse(text: str) -> list[str]:
+        items = [x for x in text.split(",") if x]
+        for x in items:
+            if x not in choices:
+                raise argparse.ArgumentTypeError(f"{x!r} is not one of {', '.join(choices)}")
+        return items
+
+    return parse
+
+
 def add_run_options(p: argparse.ArgumentParser, reps: str, quick: str) -> None:
     """The options every loadgen-driven benchmark has (``reps``, ``quick``: their help)."""
     p.add_argument("--reps", type=int, default=3, help=reps)

@@ -22,6 +22,7 @@ interpreter) and gets its own LMDB cache.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import json
@@ -79,6 +80,14 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def argument(text: str) -> Variant:
+    """:func:`parse` as an argparse type: a bad variant is a usage error."""
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse(text: str) -> Variant:
