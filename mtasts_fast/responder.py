@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -42,8 +41,8 @@ from typing import Any
 
 from mtasts_fast import defaults
 from mtasts_fast.cache import Cache, CacheEntry
-from mtasts_fast.config import Config, ZoneConfig
-from mtasts_fast.config.zones import TESTING_LEVELS, socketmap_zones
+from mtasts_fast.config import Config
+from mtasts_fast.config.zones import socketmap_zones
 from mtasts_fast.dane.probe import DnssecProbe
 from mtasts_fast.dane.refresher import DaneRefresher
 from mtasts_fast.dane.reply import RENDER_KEY, dane_reply
@@ -54,11 +53,12 @@ from mtasts_fast.fetcher import PolicyFetcher
 from mtasts_fast.keys import normalise_key
 from mtasts_fast.memo import make_room
 from mtasts_fast.metrics.catalogue import DEFAULT_ZONE_LABEL
-from mtasts_fast.metrics.worker import LookupCells, WorkerMetrics
+from mtasts_fast.metrics.worker import WorkerMetrics
 from mtasts_fast.netstring import encode
 from mtasts_fast.overrides import ENFORCE_TESTING, Applied, Overrides
 from mtasts_fast.refresh import PolicyRefresher
 from mtasts_fast.reply import NOTFOUND, render_policy
+from mtasts_fast.responder_zone import ALL, PRECEDENCE, STS_ONLY, ZoneView, outcome
 
 __all__ = ["Responder"]
 
@@ -78,71 +78,6 @@ _KEY_MEMO_LIMIT = 65_536
 _MISSING = object()
 # The hot path reads a DANE state's memoised reply with the literal key.
 assert RENDER_KEY == 0
-
-# _Zone.dane: which answers consult the domain's DANE state.
-_STS_ONLY = 0  # dane: off, or DANE detection inactive
-_PRECEDENCE = 1  # answers that would be MTA-STS "OK secure ..."
-_ALL = 2  # every answer
-_DANE_MODES = {"off": _STS_ONLY, "precedence": _PRECEDENCE, "all": _ALL}
-
-
-def _outcome(reply: bytes) -> str:
-    """What Postfix is told by a framed reply: "policy", "no-policy" or "temp"."""
-    payload = reply[reply.find(b":") + 1 :]
-    if payload.startswith(b"OK "):
-        return "policy"
-    if payload.startswith(b"TEMP"):
-        return "temp"
-    return "no-policy"
-
-
-class _Zone:
-    """A zone's settings as the hot path wants them."""
-
-    __slots__ = (
-        "config",
-        "dane",
-        "dane_mode",
-        "dane_policy",
-        "dane_temp",
-        "lookups",
-        "memo_no_policy",
-        "memo_policy",
-        "render_key",
-        "strict",
-        "timeout",
-    )
-
-    def __init__(self, config: ZoneConfig, lookups: LookupCells) -> None:
-        self.config = config
-        self.timeout = config.timeout
-        #: The zone's lookup counters (cell indexes in the worker's region);
-        #: the hot path's ones also as attributes of their own, one load nearer.
-        self.lookups = lookups
-        self.memo_policy = lookups.memo_policy
-        self.memo_no_policy = lookups.memo_no_policy
-        self.dane_policy = lookups.cell("dane", "policy")
-        self.dane_temp = lookups.cell("dane", "temp")
-        #: The configured DANE mode, and the one in force (_STS_ONLY while
-        #: DANE detection is inactive or there is no resolver).
-        self.dane_mode = _DANE_MODES[config.dane]
-        self.dane = _STS_ONLY
-        # A reply depends on these settings only (reply.render_policy), so
-        # zones that agree on them share the rendered reply of an entry. An
-        # int key hashes in nanoseconds; the frozen dataclass does not.
-        self.render_key = (
-            int(config.strict_testing)
-            | int(config.require_sni) << 1
-            | int(config.tlsrpt) << 2
-            | TESTING_LEVELS.index(config.tlsrpt_testing_level) << 3
-        )
-        # The same zone with strict_testing, for domains whose override says
-        # enforce_testing; its render key differs, so both replies coexist.
-        self.strict: _Zone = (
-            self
-            if config.strict_testing
-            else _Zone(dataclasses.replace(config, strict_testing=True), lookups)
-        )
 
 
 class Responder:
@@ -171,10 +106,10 @@ class Responder:
         #: Where lookups (and, through the refresher, fetches) are counted.
         self.metrics = metrics = metrics if metrics is not None else WorkerMetrics.private(config)
         self._count = metrics.count
-        self._default_zone = _Zone(config.default_zone, metrics.lookup_cells(DEFAULT_ZONE_LABEL))
+        self._default_zone = ZoneView(config.default_zone, metrics.lookup_cells(DEFAULT_ZONE_LABEL))
         # The configured zones and postfix-tlspol's QUERY / QUERYwithTLSRPT.
-        self._zones: dict[bytes, _Zone] = {
-            name.encode(): _Zone(zone, metrics.lookup_cells(name))
+        self._zones: dict[bytes, ZoneView] = {
+            name.encode(): ZoneView(zone, metrics.lookup_cells(name))
             for name, zone in socketmap_zones(config.default_zone, config.zones).items()
         }
         self._sync_reads = cache.synchronous_reads
@@ -231,7 +166,7 @@ class Responder:
         """Switch DANE answers on or off in every zone (the probe calls it)."""
         for zone in (self._default_zone, *self._zones.values()):
             for each in (zone, zone.strict):
-                each.dane = each.dane_mode if active else _STS_ONLY
+                each.dane = each.dane_mode if active else STS_ONLY
         # Every recorded reply was decided with the old setting.
         self.fast.clear()
 
@@ -258,7 +193,7 @@ class Responder:
             self.override_counts[kind] += 1
             if kind != ENFORCE_TESTING:
                 given = domain.reply(zone.config, zone.render_key)
-                cell = zone.lookups.cell("override", _outcome(given))
+                cell = zone.lookups.cell("override", outcome(given))
                 self._count(cell)
                 self.fast.put(payload, given, cell, kind=kind)
                 return given
@@ -285,7 +220,7 @@ class Responder:
                     dane = zone.dane
                     # _framed memoises NOTFOUND as the one NOTFOUND_REPLY object.
                     cell = zone.memo_no_policy if reply is NOTFOUND_REPLY else zone.memo_policy
-                    if not dane or (reply is NOTFOUND_REPLY and dane == _PRECEDENCE):
+                    if not dane or (reply is NOTFOUND_REPLY and dane == PRECEDENCE):
                         # The next lookup finds the reply memoised: its cell.
                         self._learn(payload, reply, cell, stamp, entry, None, kind)
                         if not memo:
@@ -313,7 +248,7 @@ class Responder:
             elif self.refresher.in_backoff(domain, now):
                 # Negatively cached, or its last fetch failed: RFC 8461 §3.3,
                 # deliver as if the domain had no policy until the retry time.
-                if zone.dane == _ALL:
+                if zone.dane == ALL:
                     return self._with_dane_nowait(domain, zone, NOTFOUND_REPLY, now)
                 self._count(zone.lookups.backoff)
                 return NOTFOUND_REPLY
@@ -328,9 +263,9 @@ class Responder:
         self._stamp = self.fast.stamp
         return self._stamp()
 
-    def _counted(self, zone: _Zone, path: str, reply: bytes) -> bytes:
+    def _counted(self, zone: ZoneView, path: str, reply: bytes) -> bytes:
         """Count a lookup answered by ``reply`` along ``path`` (off the hot path)."""
-        self._count(zone.lookups.cell(path, _outcome(reply)))
+        self._count(zone.lookups.cell(path, outcome(reply)))
         return reply
 
     def _normalise(self, raw_key: bytes) -> str | Applied | None:
@@ -344,7 +279,7 @@ class Responder:
         return resolved
 
     @staticmethod
-    def _framed(entry: CacheEntry, zone: _Zone) -> bytes:
+    def _framed(entry: CacheEntry, zone: ZoneView) -> bytes:
         reply = entry.rendered.get(zone.render_key)
         if reply is None:
             reply = encode(render_policy(entry.domain, entry.policy, zone.config))
@@ -356,9 +291,9 @@ class Responder:
 
     # -- misses, expired entries and asynchronous backends ---------------------------
 
-    async def _answer_slow(self, domain: str, zone: _Zone) -> bytes:
+    async def _answer_slow(self, domain: str, zone: ZoneView) -> bytes:
         try:
-            if zone.dane == _ALL:
+            if zone.dane == ALL:
                 # Both answers are needed: look them up side by side.
                 (reply, path), state = await asyncio.gather(
                     self._lookup(domain, zone), self._dane_state(domain, zone)
@@ -374,7 +309,7 @@ class Responder:
             reply, path = TEMP_INTERNAL, "error"
         return self._counted(zone, path, reply)
 
-    async def _lookup(self, domain: str, zone: _Zone) -> tuple[bytes, str]:
+    async def _lookup(self, domain: str, zone: ZoneView) -> tuple[bytes, str]:
         """The MTA-STS answer, and the path that found it (metrics/catalogue.py)."""
         refresher = self.refresher
         cache_down = False
@@ -412,7 +347,7 @@ class Responder:
     # -- DANE (RFC 8461 §2, RFC 7672) ---------------------------------------------
 
     def _with_dane_nowait(
-        self, domain: str, zone: _Zone, reply: bytes, now: float, path: str = "backoff"
+        self, domain: str, zone: ZoneView, reply: bytes, now: float, path: str = "backoff"
     ) -> bytes | Coroutine[Any, Any, bytes]:
         """The hot path's DANE step, for the answers it does not inline."""
         try:
@@ -426,7 +361,7 @@ class Responder:
     def _dane_expired(
         self,
         domain: str,
-        zone: _Zone,
+        zone: ZoneView,
         reply: bytes,
         path: str,
         state: DaneState | None,
@@ -442,7 +377,7 @@ class Responder:
     async def _answer_dane_slow(
         self,
         domain: str,
-        zone: _Zone,
+        zone: ZoneView,
         reply: bytes,
         path: str,
         state: DaneState | None = None,
@@ -455,7 +390,7 @@ class Responder:
             _log.exception("internal error while answering for %s", domain)
             return self._counted(zone, "error", TEMP_INTERNAL)
 
-    def _combined(self, zone: _Zone, state: DaneState | None, reply: bytes, path: str) -> bytes:
+    def _combined(self, zone: ZoneView, state: DaneState | None, reply: bytes, path: str) -> bytes:
         """The DANE answer of ``state`` when DANE applies, else the MTA-STS ``reply``; counted."""
         final = dane_reply(state) if state is not None else None
         if final:
@@ -463,7 +398,7 @@ class Responder:
         return self._counted(zone, path, reply)
 
     async def _dane_state(
-        self, domain: str, zone: _Zone, state: DaneState | None = None
+        self, domain: str, zone: ZoneView, state: DaneState | None = None
     ) -> DaneState | None:
         """The state to answer from: stored, or evaluated now (None: MTA-STS only)."""
         dane = self.dane
@@ -479,7 +414,7 @@ class Responder:
             return state
         return await dane.refresh(domain, zone.timeout, state)
 
-    def _revalidate_soon(self, entry: CacheEntry, zone: _Zone, now: float) -> None:
+    def _revalidate_soon(self, entry: CacheEntry, zone: ZoneView, now: float) -> None:
         """Check ``entry``'s TXT id in the background; a new id fetches the body."""
         domain = entry.domain
         last = self._attempted.get(domain)
