@@ -183,15 +183,30 @@ class RedisStore(Cache):
             await session.client.connection_pool.disconnect()
         await self._disconnect()
 
-    async def get(self, domain: str) -> CacheEntry | None:
+    async def _read(self, key: bytes, *, hashed: bool = True) -> bytes | None:
+        """The stored value at ``key`` (the ``v`` field of a hash, or a plain
+        string), or None. A key of another type is not a record of ours: it
+        reads as missing, and the next put replaces it."""
         async with self._use() as session:
             try:
-                data = await session.client.hget(_policy_key(domain), b"v")
+                if hashed:
+                    data = await session.client.hget(key, b"v")
+                else:
+                    data = await session.client.get(key)
             except ResponseError as exc:
                 if not str(exc).startswith("WRONGTYPE"):
                     raise
-                return None  # not an entry of ours; put replaces it
-        return decode_entry(domain, data) if isinstance(data, bytes) else None
+                return None
+        return data if isinstance(data, bytes) else None
+
+    async def _delete(self, key: bytes) -> bool:
+        async with self._use() as session:
+            deleted: int = await session.client.delete(key)
+        return deleted > 0
+
+    async def get(self, domain: str) -> CacheEntry | None:
+        data = await self._read(_policy_key(domain))
+        return decode_entry(domain, data) if data is not None else None
 
     async def put(self, entry: CacheEntry) -> None:
         args = (
@@ -204,9 +219,7 @@ class RedisStore(Cache):
             await session.put(keys=[_policy_key(entry.domain)], args=args)
 
     async def delete(self, domain: str) -> bool:
-        async with self._use() as session:
-            deleted: int = await session.client.delete(_policy_key(domain))
-        return deleted > 0
+        return await self._delete(_policy_key(domain))
 
     async def _scan_keys(
         self, count: int, pattern: bytes = _POLICY_PATTERN
@@ -346,14 +359,8 @@ class RedisStore(Cache):
             await session.client.hset(META_KEY, _PROACTIVE_FIELD, _number(ts))
 
     async def get_failure(self, domain: str) -> FetchFailure | None:
-        async with self._use() as session:
-            try:
-                data = await session.client.get(_failure_key(domain))
-            except ResponseError as exc:
-                if not str(exc).startswith("WRONGTYPE"):
-                    raise
-                return None  # not a record of ours; put_failure replaces it
-        return decode_failure(domain, data) if isinstance(data, bytes) else None
+        data = await self._read(_failure_key(domain), hashed=False)
+        return decode_failure(domain, data) if data is not None else None
 
     async def put_failure(self, failure: FetchFailure) -> None:
         data = encode_failure(failure)
@@ -369,19 +376,11 @@ class RedisStore(Cache):
                 await session.client.delete(key)
 
     async def delete_failure(self, domain: str) -> bool:
-        async with self._use() as session:
-            deleted: int = await session.client.delete(_failure_key(domain))
-        return deleted > 0
+        return await self._delete(_failure_key(domain))
 
     async def get_dane(self, domain: str) -> DaneState | None:
-        async with self._use() as session:
-            try:
-                data = await session.client.hget(_dane_key(domain), b"v")
-            except ResponseError as exc:
-                if not str(exc).startswith("WRONGTYPE"):
-                    raise
-                return None  # not a state of ours; put_dane replaces it
-        return decode_dane(domain, data) if isinstance(data, bytes) else None
+        data = await self._read(_dane_key(domain))
+        return decode_dane(domain, data) if data is not None else None
 
     async def put_dane(self, state: DaneState) -> None:
         # The policies' script: it orders writes by the `c` field, here the
@@ -396,9 +395,7 @@ class RedisStore(Cache):
             await session.put(keys=[_dane_key(state.domain)], args=args)
 
     async def delete_dane(self, domain: str) -> bool:
-        async with self._use() as session:
-            deleted: int = await session.client.delete(_dane_key(domain))
-        return deleted > 0
+        return await self._delete(_dane_key(domain))
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         key = LEASE_PREFIX + name.encode("utf-8")
